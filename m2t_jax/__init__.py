@@ -1,0 +1,19 @@
+"""m2t_jax: JAX/Flax reference implementation of M2T (Mentzer et al., ICCV 2023).
+
+Public API: ``get_config(model, size)``, the Flax modules (``CompressionModel``,
+``MT``, ``M2T``, ``ElicAnalysis``, ``ElicSynthesis``, ``MixtureHead``) and the
+pure schedule functions in ``m2t_jax.entropy.schedules``.
+"""
+
+from m2t_jax.configs import get_config
+from m2t_jax.entropy.gmm import Mixture, MixtureHead
+from m2t_jax.entropy.m2t import M2T
+from m2t_jax.entropy.mt import MT
+from m2t_jax.model import CompressionModel, build_model, rd_loss
+from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis
+
+__all__ = [
+    "CompressionModel", "ElicAnalysis", "ElicSynthesis", "M2T", "MT", "Mixture",
+    "MixtureHead", "build_model", "get_config", "rd_loss",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Entropy coding glue (range coder) and the container format (bitstream)."""

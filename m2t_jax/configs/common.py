@@ -1,0 +1,84 @@
+"""Config fields shared by the MT and M2T configs.
+
+Every field tagged [inferred] in ../shared/M2T_SPEC.md is a field here rather than a
+constant in code. Sizes:
+
+* ``paper``: exactly SPEC §1-8 (ELIC N=256, C=192; ViT-B 12x768, 12 heads, MLP 3072;
+  w_T=24, S=12, alpha=2.2, N_M=3, delta=5; batch 32 of 384x384 crops, 1M steps).
+* ``small``: trains on a 2-core CPU in hours. ELIC N=C=96 (about 1/7 of the paper's
+  conv MACs), a 4x256 transformer (about 1/40 of ViT-B), w_T=16 so that a 256x256
+  crop is exactly one patch of 256 tokens, S=8 (the paper finds little gain past 8).
+* ``tiny``: for tests; every code path with the smallest shapes that still have
+  several groups, several heads and a mixture of 3.
+"""
+
+import ml_collections
+
+SIZES = ("paper", "small", "tiny")
+
+
+def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
+  """Returns the config of entropy model ``model`` ('mt' or 'm2t') at ``size``."""
+  if model not in ("mt", "m2t"):
+    raise ValueError(f"Unknown model {model!r}: expected 'mt' or 'm2t'.")
+  if size not in SIZES:
+    raise ValueError(f"Unknown config size {size!r}: expected one of {SIZES}.")
+
+  c = ml_collections.ConfigDict()
+  c.model = model
+  c.size = size
+
+  # ELIC transforms (SPEC §2).
+  c.elic = ml_collections.ConfigDict()
+  c.elic.num_filters = {"paper": 256, "small": 96, "tiny": 16}[size]  # N
+  c.elic.num_res_blocks = 3  # residual bottleneck blocks per stage [inferred]
+  c.latent_channels = {"paper": 192, "small": 96, "tiny": 8}[size]  # C
+
+  # Tokens and patches (SPEC §3).
+  c.patch_size = {"paper": 24, "small": 16, "tiny": 4}[size]  # w_T
+  c.embed_delta = 5.0  # inputs are y_hat / delta [paper]
+  c.embed_layernorm = True  # LayerNorm after the token embedding [inferred, VCT]
+
+  # Transformer (SPEC §5).
+  c.transformer = ml_collections.ConfigDict()
+  c.transformer.num_layers = {"paper": 12, "small": 4, "tiny": 2}[size]
+  c.transformer.d_model = {"paper": 768, "small": 256, "tiny": 32}[size]
+  c.transformer.num_heads = {"paper": 12, "small": 4, "tiny": 2}[size]
+  c.transformer.mlp_dim = {"paper": 3072, "small": 1024, "tiny": 64}[size]
+  c.transformer.dropout = 0.0  # [inferred]
+
+  # Mixture head (SPEC §4).
+  c.gmm = ml_collections.ConfigDict()
+  c.gmm.num_mixtures = 3  # N_M [paper]
+  c.gmm.scale_floor = 0.01  # sigma = floor + softplus(raw) [inferred, VCT]
+  c.gmm.prob_floor = 1e-9  # no bin has less mass than this [inferred]
+  c.gmm.table_radius = {"paper": 24, "small": 24, "tiny": 8}[size]  # coding window
+
+  # Schedule (SPEC §6).
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.num_steps = {"paper": 12, "small": 8, "tiny": 4}[size]  # S
+  c.schedule.alpha = 2.2
+  c.schedule.order = "qlds"  # qlds | random | raster | entropy (MT only)
+  c.schedule.seed = 0  # seed of the 'random' order
+
+  # MT training masks (SPEC §7): fraction of masked tokens ~ U(min, max) [inferred].
+  c.mt_mask_ratio_min = 0.05
+  c.mt_mask_ratio_max = 0.99
+
+  # Rate-distortion loss and training (SPEC §1, §8).
+  c.lmbda = 0.01 * 2.0 ** -3  # lambda on MSE over 0..255 [inferred grid]
+  c.lmbda_warmup_factor = 10.0  # lambda x10 ...
+  c.lmbda_warmup_fraction = 0.15  # ... for the first 15% of steps [paper]
+  c.crop_size = {"paper": 384, "small": 256, "tiny": 32}[size]
+  c.batch_size = {"paper": 32, "small": 8, "tiny": 2}[size]
+  c.num_steps = {"paper": 1_000_000, "small": 50_000, "tiny": 60}[size]
+  c.learning_rate = 1e-4
+  c.warmup_steps = {"paper": 10_000, "small": 1_000, "tiny": 5}[size]
+  c.lr_drop_fraction = 0.9  # LR / 10 at 90% of training [paper]
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.98
+  c.adam_eps = 1e-9
+  c.weight_decay = 0.03  # scaled by the LR schedule [inferred, VCT]
+  c.grad_clip_norm = 1.0
+  c.seed = 0
+  return c

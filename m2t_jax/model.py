@@ -1,0 +1,178 @@
+"""The full model: E, rounding, the MT or M2T entropy model, D, and the RD loss.
+
+Units: images are float on 0..255 (B, H, W, 3) with H, W multiples of 16 (pad
+with ``pad_to_multiple``); E sees x / 255 and D's output is read as x_hat / 255, so
+the MSE and PSNR are on the 0..255 scale (SPEC §1). Rates are in bits; bpp is
+bits per pixel of the (unpadded) image area that was passed in.
+
+Training (SPEC §1): y = E(x); the rate is the mixture's mass of the unit bin
+around y + u, u ~ U(-1/2, 1/2), predicted from the context y_hat = round(y); D
+and the context see y_hat through a straight-through estimator. Evaluation
+(``train=False``) uses y_hat itself as the target, which is exactly what the range
+coder pays up to table quantisation (M2T; MT's pass with a random mask is an
+estimate, the codec's S steps are the real cost).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from m2t_jax.entropy import gmm, patches
+from m2t_jax.entropy.m2t import M2T
+from m2t_jax.entropy.mt import MT, random_mask
+from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis
+
+
+def entropy_model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
+  """The MT or M2T module that ``config.model`` names."""
+  cls = {"mt": MT, "m2t": M2T}.get(config.model)
+  if cls is None:
+    raise ValueError(f"Unknown model {config.model!r}: expected 'mt' or 'm2t'.")
+  t = config.transformer
+  return cls(
+      latent_channels=config.latent_channels, patch_size=config.patch_size,
+      d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
+      mlp_dim=t.mlp_dim, num_mixtures=config.gmm.num_mixtures,
+      scale_floor=config.gmm.scale_floor, embed_delta=config.embed_delta,
+      embed_layernorm=config.embed_layernorm, dropout=t.dropout,
+      num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
+      order=config.schedule.order, order_seed=config.schedule.seed)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError with a clear message for an impossible config."""
+  from m2t_jax.entropy import schedules  # noqa: PLC0415 - avoid a cycle at import
+  t = config.transformer
+  if t.d_model % t.num_heads:
+    raise ValueError(f"transformer.d_model={t.d_model} must be divisible by "
+                     f"transformer.num_heads={t.num_heads}.")
+  if config.elic.num_filters % 2 or config.latent_channels % 2:
+    raise ValueError("elic.num_filters and latent_channels must be even "
+                     "(bottleneck blocks halve them).")
+  if config.model == "m2t" and config.schedule.order == "entropy":
+    raise ValueError("schedule.order='entropy' is MT only; M2T needs a fixed order.")
+  sizes = schedules.group_sizes(config.patch_size**2, config.schedule.num_steps,
+                                config.schedule.alpha)
+  if config.model == "m2t" and np.any(np.diff(sizes) < 0):
+    raise ValueError(f"M2T needs non-decreasing group sizes; schedule.alpha="
+                     f"{config.schedule.alpha} gives {sizes.tolist()}. Use alpha >= 1.")
+  if config.gmm.num_mixtures < 1 or not 0 < config.gmm.prob_floor < 1e-3:
+    raise ValueError("gmm.num_mixtures must be >= 1 and 0 < gmm.prob_floor < 1e-3.")
+  if not 0 < config.mt_mask_ratio_min <= config.mt_mask_ratio_max <= 1:
+    raise ValueError("Need 0 < mt_mask_ratio_min <= mt_mask_ratio_max <= 1.")
+
+
+def pad_to_multiple(image: jax.Array, multiple: int = DOWNSCALE) -> jax.Array:
+  """Edge-pads (B, H, W, 3) at the bottom/right to multiples of ``multiple``."""
+  _, h, w, _ = image.shape
+  ph, pw = -h % multiple, -w % multiple
+  return jnp.pad(image, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def _ste_round(y):
+  return y + jax.lax.stop_gradient(jnp.round(y) - y)
+
+
+class CompressionModel(nn.Module):
+  """E + quantiser + entropy model + D, configured by a (frozen) config."""
+  config: ml_collections.FrozenConfigDict
+
+  def setup(self):
+    c = self.config
+    self.analysis = ElicAnalysis(c.elic.num_filters, c.latent_channels,
+                                 c.elic.num_res_blocks)
+    self.synthesis = ElicSynthesis(c.elic.num_filters, c.elic.num_res_blocks)
+    self.entropy_model = entropy_model_from_config(c)
+
+  def encode(self, image: jax.Array) -> jax.Array:
+    """(B, H, W, 3) on 0..255, H, W multiples of 16 -> y (B, H/16, W/16, C)."""
+    return self.analysis(image / 255.0)
+
+  def decode(self, y_hat: jax.Array) -> jax.Array:
+    """(B, h, w, C) -> reconstruction (B, 16h, 16w, 3) on 0..255, unclipped."""
+    return self.synthesis(y_hat) * 255.0
+
+  def token_mixtures(self, tokens, rng=None, train: bool = False):
+    """Entropy model over tokens (N, L, C) -> (Mixture, paid (N, L) bool).
+
+    ``paid`` marks the tokens whose bits the rate counts: all for M2T, the masked
+    ones for MT (random mask from ``rng``, or everything masked without one).
+    """
+    c = self.config
+    n, length, _ = tokens.shape
+    if c.model == "m2t":
+      return (self.entropy_model(tokens, deterministic=not train),
+              jnp.ones((n, length), bool))
+    if rng is None:
+      masked = jnp.ones((n, length), bool)
+    else:
+      masked = random_mask(rng, n, length, c.mt_mask_ratio_min, c.mt_mask_ratio_max)
+    return self.entropy_model(tokens, ~masked, deterministic=not train), masked
+
+  def __call__(self, image: jax.Array, rng=None, train: bool = False):
+    """Forward pass. image (B, H, W, 3) 0..255, H, W multiples of 16.
+
+    rng: needed when train=True (uniform noise, MT masks). Returns a dict:
+      bits (B,) estimated bits per image; bpp (B,); mse (B,) on 0..255;
+      psnr (B,) dB; reconstruction (B, H, W, 3) on 0..255 (unclipped);
+      y_hat (B, h, w, C) rounded latent.
+    """
+    c = self.config
+    b, h_img, w_img, _ = image.shape
+    y = self.encode(image)
+    y_hat = _ste_round(y)
+    _, h, w, _ = y.shape
+    tokens, valid = patches.to_patches(y_hat, c.patch_size)
+    mask_rng = None
+    if train:
+      if rng is None:
+        raise ValueError("train=True needs an rng for the noise and the MT masks.")
+      noise_rng, mask_rng = jax.random.split(rng)
+      targets = y + jax.random.uniform(noise_rng, y.shape, minval=-0.5, maxval=0.5)
+    else:
+      targets = y_hat
+    target_tokens, _ = patches.to_patches(targets, c.patch_size)
+    mixture, paid = self.token_mixtures(tokens, mask_rng, train)
+    elem_bits = gmm.bits(mixture, target_tokens, c.gmm.prob_floor)  # (N, L, C)
+    token_bits = jnp.sum(elem_bits, axis=-1)
+    paid = paid & valid
+    # MT pays only the masked tokens: scale each patch's mean bits per masked token
+    # to all of its valid tokens, so that MT and M2T report bits in the same units.
+    num_valid = jnp.sum(valid, axis=-1)
+    num_paid = jnp.maximum(jnp.sum(paid, axis=-1), 1)
+    patch_bits = jnp.sum(token_bits * paid, axis=-1) * num_valid / num_paid
+    bits = jnp.sum(patch_bits.reshape(b, -1), axis=-1)
+    x_hat = self.decode(y_hat)
+    mse = jnp.mean(jnp.square(x_hat - image), axis=(1, 2, 3))
+    clipped = jnp.clip(x_hat, 0, 255)
+    psnr = 10 * jnp.log10(255.0**2 / jnp.maximum(
+        jnp.mean(jnp.square(clipped - image), axis=(1, 2, 3)), 1e-10))
+    return {"bits": bits, "bpp": bits / (h_img * w_img), "mse": mse, "psnr": psnr,
+            "reconstruction": x_hat, "y_hat": y_hat}
+
+
+def rd_loss(outputs, lmbda: float) -> jax.Array:
+  """Mean over the batch of bpp + lambda * MSE (0..255) (SPEC §1)."""
+  return jnp.mean(outputs["bpp"] + lmbda * outputs["mse"])
+
+
+def lmbda_at_step(config, step) -> jax.Array:
+  """Lambda with the x10 warm-up over the first 15% of steps (SPEC §1)."""
+  warm = step < config.lmbda_warmup_fraction * config.num_steps
+  return jnp.where(warm, config.lmbda * config.lmbda_warmup_factor, config.lmbda)
+
+
+def build_model(config) -> CompressionModel:
+  """Validates ``config`` and returns the model."""
+  validate_config(config)
+  return CompressionModel(ml_collections.FrozenConfigDict(config))
+
+
+def init_params(config, seed: int = 0, image_size: int | None = None):
+  """Random parameters of ``build_model(config)`` (one crop of ``crop_size``)."""
+  model = build_model(config)
+  size = image_size or config.crop_size
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  return model.init(jax.random.PRNGKey(seed), x)["params"]

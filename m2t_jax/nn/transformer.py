@@ -1,0 +1,109 @@
+"""Pre-norm transformer with an optional attention mask and a static k/v cache.
+
+Two ways to run the same parameters:
+
+* full pass: ``Transformer()(x, mask=...)`` with x (B, L, d) and mask (L, L) or
+  (B, L, L) bool, True where a query may attend to a key;
+* cached step: ``Transformer()(x, cache=cache, offset=o)`` with x (B, g, d) the
+  g new slots. Each layer writes their keys/values into its cache buffers at
+  [o, o+g) and the queries attend to every cached slot in [0, o+g). That is the
+  M2T block-triangular mask for a group that owns slots [o, o+g); o and g are
+  static, so each step compiles once and touches only the prefix it needs.
+
+The cache is an explicit pytree (``init_cache``), not a Flax mutable collection,
+so callers can donate it to a jitted step and nothing is hidden in module state.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# A cache: one {"k", "v"} dict per layer, each buffer (B, L, num_heads, head_dim).
+Cache = list
+
+
+def init_cache(batch: int, length: int, num_layers: int, num_heads: int,
+               head_dim: int, dtype=jnp.float32) -> Cache:
+  """Zeroed key/value buffers for ``length`` slots."""
+  shape = (batch, length, num_heads, head_dim)
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for _ in range(num_layers)]
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention; see the module docstring for mask and cache."""
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x, mask=None, cache=None, offset: int = 0):
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"d_model={d} is not divisible by num_heads={self.num_heads}.")
+    head_dim = d // self.num_heads
+    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)
+    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # (B, g, H, Dh)
+    if cache is not None:
+      g = x.shape[1]
+      cache = {"k": cache["k"].at[:, offset:offset + g].set(k.astype(cache["k"].dtype)),
+               "v": cache["v"].at[:, offset:offset + g].set(v.astype(cache["v"].dtype))}
+      k = cache["k"][:, :offset + g]
+      v = cache["v"][:, :offset + g]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+    if mask is not None:
+      mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = nn.DenseGeneral(d, axis=(-2, -1), name="out")(out)
+    return out, cache
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    y = nn.gelu(nn.Dense(self.mlp_dim)(x))
+    y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    return nn.Dense(x.shape[-1])(y)
+
+
+class EncoderBlock(nn.Module):
+  """x + Attn(LN(x)), then x + MLP(LN(x))."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, mask=None, cache=None, offset: int = 0,
+               deterministic: bool = True):
+    y, cache = Attention(self.num_heads, name="attention")(
+        nn.LayerNorm(name="ln_attention")(x), mask, cache, offset)
+    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    y = MlpBlock(self.mlp_dim, self.dropout, name="mlp")(
+        nn.LayerNorm(name="ln_mlp")(x), deterministic)
+    return x + nn.Dropout(self.dropout)(y, deterministic=deterministic), cache
+
+
+class Transformer(nn.Module):
+  """Stack of pre-norm blocks and a final LayerNorm: (B, n, d) -> (B, n, d)."""
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset: int = 0,
+               deterministic: bool = True):
+    new_cache = [] if cache is not None else None
+    for i in range(self.num_layers):
+      layer_cache = cache[i] if cache is not None else None
+      x, layer_cache = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout,
+                                    name=f"block_{i}")(x, mask, layer_cache, offset,
+                                                       deterministic)
+      if cache is not None:
+        new_cache.append(layer_cache)
+    return nn.LayerNorm(name="ln_final")(x), new_cache

@@ -1,0 +1,19 @@
+"""m2t_jax: JAX/Flax reference implementation of M2T (ICCV 2023)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="m2t_jax",
+    version="0.1.0",
+    description="M2T: Masking Transformers Twice for Faster Decoding, in JAX/Flax",
+    packages=find_packages(include=["m2t_jax", "m2t_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35", "flax>=0.10", "optax>=0.2.3", "orbax-checkpoint>=0.10",
+        "ml_collections>=0.1.1", "absl-py>=2.1", "numpy>=1.26", "constriction>=0.4",
+        "pillow>=10", "grain>=0.2.6", "tensorflow-datasets>=4.9.7",
+    ],
+    extras_require={"test": ["pytest>=8", "scipy>=1.11", "scikit-image>=0.22",
+                             "ruff>=0.5"]},
+    entry_points={"console_scripts": ["m2t=m2t_jax.cli:main"]},
+)

@@ -1,0 +1,5 @@
+"""Test-wide settings: float32 on CPU, deterministic."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,0 +1,141 @@
+"""Tests for m2t_jax.coding.bitstream: round trip and every check in unpack."""
+
+import dataclasses
+import struct
+import zlib
+
+import pytest
+
+from m2t_jax.coding import bitstream as bs
+
+_HEADER = bs.Header(model_kind="m2t", order="qlds", num_steps=12, alpha=2.0,
+                    height=512, width=768, fingerprint=bytes(range(16)))
+_PAYLOAD = b"\x01\x02\x03\x04\xff\x00\x10\x20"
+
+
+def _craft(*, magic=bs.MAGIC, version=1, kind=1, order=0, steps=12, alpha=2.0,
+           height=512, width=768, fingerprint=bytes(range(16)), payload=_PAYLOAD,
+           payload_len=None, extra=b""):
+  """A stream with arbitrary raw field values and a valid CRC over it."""
+  if payload_len is None:
+    payload_len = len(payload)
+  body = struct.pack("<4sBBBBfII16sI", magic, version, kind, order, steps, alpha,
+                     height, width, fingerprint, payload_len) + payload + extra
+  return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_round_trip():
+  data = bs.pack(_HEADER, _PAYLOAD)
+  assert len(data) == bs.HEADER_BYTES + len(_PAYLOAD)
+  assert bs.HEADER_BYTES == 44
+  assert data[:4] == b"M2TJ"
+  header, payload = bs.unpack(data)
+  assert header == _HEADER
+  assert payload == _PAYLOAD
+  # The crafted layout is byte-for-byte what pack writes: the docstring table holds.
+  assert _craft() == data
+
+
+@pytest.mark.parametrize("kind", bs.MODEL_KINDS)
+@pytest.mark.parametrize("order", bs.ORDERS)
+def test_round_trip_all_kinds_and_orders(kind, order):
+  header = dataclasses.replace(_HEADER, model_kind=kind, order=order, num_steps=255,
+                               height=1, width=2**16, alpha=0.1)
+  got, payload = bs.unpack(bytearray(bs.pack(header, memoryview(b""))))
+  assert payload == b""
+  assert got == dataclasses.replace(header, alpha=got.alpha)
+  assert got.alpha == pytest.approx(0.1, rel=1e-7)  # Stored as float32.
+
+
+def test_error_is_value_error():
+  assert issubclass(bs.BitstreamError, ValueError)
+  assert bs.BitstreamError.__doc__
+
+
+def test_not_bytes():
+  with pytest.raises(TypeError):
+    bs.unpack("M2TJ" + "x" * 60)
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"", "truncated"),
+    (_craft()[:bs.HEADER_BYTES - 1], "truncated"),
+    (_craft(magic=b"\x89PNG"), "not an m2t_jax stream"),
+    (_craft(version=2), "newer version"),
+    (_craft(version=0), "unsupported format version"),
+    (_craft()[:-1] + b"\x00", "corrupted"),
+    (_craft(kind=2), "model kind"),
+    (_craft(order=4), "schedule order"),
+    (_craft(steps=0), "num_steps"),
+    (_craft(height=0), "height"),
+    (_craft(width=2**16 + 1), "width"),
+    (_craft(alpha=float("nan")), "alpha"),
+    (_craft(alpha=float("inf")), "alpha"),
+    (_craft(alpha=0.0), "alpha"),
+    (_craft(alpha=-1.0), "alpha"),
+    (_craft(extra=b"\x00"), "payload length mismatch"),
+    (_craft(payload_len=len(_PAYLOAD) + 1), "payload length mismatch"),
+])
+def test_each_check(data, match):
+  with pytest.raises(bs.BitstreamError, match=match):
+    bs.unpack(data)
+
+
+def test_every_truncation():
+  data = bs.pack(_HEADER, _PAYLOAD)
+  for length in range(len(data)):
+    with pytest.raises(bs.BitstreamError, match="truncated|corrupted"):
+      bs.unpack(data[:length])
+
+
+def test_trailing_bytes():
+  data = bs.pack(_HEADER, _PAYLOAD)
+  for extra in [b"\x00", b"\x00" * 4, b"garbage!"]:
+    with pytest.raises(bs.BitstreamError, match="extra bytes|trailing"):
+      bs.unpack(data + extra)
+
+
+def test_every_single_bit_flip():
+  data = bs.pack(_HEADER, _PAYLOAD)
+  for bit in range(8 * len(data)):
+    flipped = bytearray(data)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(bs.BitstreamError):
+      bs.unpack(bytes(flipped))
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"model_kind": "vct"}, "model kind"),
+    ({"order": "spiral"}, "order"),
+    ({"num_steps": 0}, "num_steps"),
+    ({"num_steps": 256}, "num_steps"),
+    ({"num_steps": 2.0}, "num_steps"),
+    ({"height": 0}, "height"),
+    ({"width": 2**16 + 1}, "width"),
+    ({"alpha": 0.0}, "alpha"),
+    ({"alpha": float("nan")}, "alpha"),
+    ({"alpha": 1e39}, "alpha"),  # inf in float32.
+    ({"alpha": 1e-50}, "alpha"),  # 0 in float32.
+    ({"alpha": "2"}, "alpha"),
+    ({"fingerprint": b"short"}, "fingerprint"),
+    ({"fingerprint": "0123456789abcdef"}, "fingerprint"),
+])
+def test_pack_validates(changes, match):
+  with pytest.raises(ValueError, match=match):
+    bs.pack(dataclasses.replace(_HEADER, **changes), _PAYLOAD)
+
+
+def test_pack_types():
+  with pytest.raises(TypeError):
+    bs.pack(_HEADER, "payload")
+  with pytest.raises(TypeError):
+    bs.pack(dataclasses.asdict(_HEADER), _PAYLOAD)
+
+
+def test_describe():
+  text = bs.describe(_HEADER)
+  for part in ["m2t", "qlds", "12 steps", "768 x 512", bytes(range(16)).hex()]:
+    assert part in text
+  text = bs.describe(_HEADER, payload_bytes=1000)
+  assert "1044 bytes" in text
+  assert f"{8 * 1044 / (512 * 768):.4f} bpp" in text
