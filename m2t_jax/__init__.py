@@ -5,6 +5,7 @@ Public API: ``get_config(model, size)``, the Flax modules (``CompressionModel``,
 pure schedule functions in ``m2t_jax.entropy.schedules``.
 """
 
+from m2t_jax.codec import BitstreamError, Codec, ImageError
 from m2t_jax.configs import get_config
 from m2t_jax.entropy.gmm import Mixture, MixtureHead
 from m2t_jax.entropy.m2t import M2T
@@ -13,7 +14,7 @@ from m2t_jax.model import CompressionModel, build_model, rd_loss
 from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis
 
 __all__ = [
-    "CompressionModel", "ElicAnalysis", "ElicSynthesis", "M2T", "MT", "Mixture",
-    "MixtureHead", "build_model", "get_config", "rd_loss",
+    "BitstreamError", "Codec", "CompressionModel", "ElicAnalysis", "ElicSynthesis",
+    "ImageError", "M2T", "MT", "Mixture", "MixtureHead", "build_model", "get_config", "rd_loss",
 ]
 __version__ = "0.1.0"

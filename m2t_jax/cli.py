@@ -1,38 +1,161 @@
 """The ``m2t`` command.
 
-  m2t summary CONFIG [SIZE]   parameter counts of a config (m2t paper,
-                              or m2t_jax/configs/mt.py:small)
+  m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
+  m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
+  m2t info FILE
+  m2t summary CONFIG [SIZE]
+  m2t eval (--images DIR | --tfds NAME:SPLIT) (--checkpoint DIR [DIR ...] | --config SPEC)
+           --output results.json
 
-``compress``, ``decompress``, ``info`` and ``demo`` arrive with the codec and
-shipped-model work (issues 3 and 7); until then they exit with a message.
+IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
+16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
+of decompress is written as PNG. ``--checkpoint`` names a folder written by
+``Codec.save``; without it the shipped model is used (none ships yet: use
+``--config m2t:tiny`` for a randomly initialised model, for trying the pipeline).
+Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
 import argparse
+import os
 import sys
 
 
-def main(argv=None) -> int:
+def _codec(args):
+  from m2t_jax import Codec, summary
+  if args.checkpoint and args.config:
+    raise ValueError("give either --checkpoint or --config, not both")
+  if args.config:
+    return Codec.from_config(summary.load_config(*args.config.split(":", 1)), seed=args.seed)
+  return Codec.load(args.checkpoint)
+
+
+def _compress(args):
+  from m2t_jax import images
+  image, notes = images.read_rgb(args.input)
+  for note in notes:
+    print(f"m2t: note: {note}", file=sys.stderr)
+  data = _codec(args).compress(image)
+  with open(args.output, "wb") as f:
+    f.write(data)
+  h, w = image.shape[:2]
+  print(f"{args.input} -> {args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp")
+
+
+def _decompress(args):
+  from m2t_jax import images
+  with open(args.input, "rb") as f:
+    data = f.read()
+  image = _codec(args).decompress(data)
+  images.write_png(args.output, image)
+  print(f"{args.input} -> {args.output}: {image.shape[1]}x{image.shape[0]}")
+
+
+def _info(args):
+  from m2t_jax.coding import bitstream
+  with open(args.input, "rb") as f:
+    data = f.read()
+  header, payload = bitstream.unpack(data)
+  print(bitstream.describe(header, len(payload)))
+
+
+def _summary(args):
+  from m2t_jax import summary
+  print(summary.format_summary(summary.load_config(args.config, args.size)))
+
+
+def _eval(args):
+  from m2t_jax import Codec, evaluate, summary
+  if args.checkpoint and args.config:
+    raise ValueError("give either --checkpoint or --config, not both")
+  if args.config:
+    spec = args.config
+    codecs = [(f"{spec} (seed {args.seed})", lambda: Codec.from_config(
+        summary.load_config(*spec.split(":", 1)), seed=args.seed))]
+  elif args.checkpoint:
+    for path in args.checkpoint:  # fail before hours of evaluation, not after
+      if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path!r} is not a folder written by Codec.save")
+    codecs = [(path, lambda path=path: Codec.load(path)) for path in args.checkpoint]
+  else:
+    Codec.load(None)  # raises FileNotFoundError: no shipped model yet
+    codecs = [("shipped", Codec.load)]
+  if args.images:
+    items, dataset = evaluate.folder_images(args.images), f"folder:{args.images}"
+  else:
+    items = evaluate.tfds_images(args.tfds, args.tfds_data_dir, args.tfds_image_key)
+    dataset = f"tfds:{args.tfds}"
+  if args.max_images > 0:
+    items = items[:args.max_images]
+  results, per_image = evaluate.run(codecs, items, args.output, dataset, name=args.name,
+                                    progress=not args.no_progress, warmup=not args.no_warmup)
+  failed = [r for r in per_image["images"] if "error" in r]
+  r = results["results"]
+  for i, label in enumerate(r["checkpoint"]):
+    print(f"{label}: {r['bpp'][i]:.4f} bpp (estimated {r['estimated_bpp'][i]:.4f}), "
+          f"{r['psnr-rgb'][i]:.2f} dB, MS-SSIM {r['ms-ssim-rgb'][i]:.4f}, "
+          f"enc {r['encoding_time'][i]:.3f} s, dec {r['decoding_time'][i]:.3f} s")
+  print(f"wrote {args.output} and {evaluate.per_image_path(args.output)}")
+  if failed:
+    print(f"m2t: warning: {len(failed)} of {len(per_image['images'])} image evaluations "
+          f"failed (listed in {evaluate.per_image_path(args.output)})", file=sys.stderr)
+
+
+def _parser():
   parser = argparse.ArgumentParser(prog="m2t", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
+  for name, func, helptext in (("compress", _compress, "image file -> .m2t"),
+                               ("decompress", _decompress, ".m2t -> PNG")):
+    p = sub.add_parser(name, help=helptext)
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--checkpoint", default=None, help="folder written by Codec.save")
+    p.add_argument("--config", default=None,
+                   help="random model from a config, e.g. m2t:tiny (testing only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
+    p.set_defaults(func=func)
+  p = sub.add_parser("info", help="print the header of a .m2t file")
+  p.add_argument("input")
+  p.set_defaults(func=_info)
   p = sub.add_parser("summary", help="print a config and its parameter counts")
   p.add_argument("config", help="'m2t' | 'mt' | path/to/config.py:SIZE")
   p.add_argument("size", nargs="?", default=None, help="paper | small | tiny")
-  for name in ("compress", "decompress", "info", "demo"):
-    sub.add_parser(name, help="not available yet").add_argument("args", nargs="*")
-  args = parser.parse_args(argv)
-  if args.command == "summary":
-    from m2t_jax import summary
-    try:
-      print(summary.format_summary(summary.load_config(args.config, args.size)))
-    except (ValueError, OSError) as e:
-      print(f"m2t: error: {e}", file=sys.stderr)
-      return 2
-    return 0
-  print(f"m2t: error: '{args.command}' is not available yet in this version "
-        "(see README.md).", file=sys.stderr)
-  return 2
+  p.set_defaults(func=_summary)
+  p = sub.add_parser("eval", help="rate-distortion evaluation -> CompressAI-style JSON")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--images", metavar="DIR", help="folder of PNG/JPEG images")
+  source.add_argument("--tfds", metavar="NAME:SPLIT",
+                      help="prepared array_record TFDS split, e.g. kodak:test")
+  p.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir")
+  p.add_argument("--tfds-image-key", default="image", help="image feature of --tfds")
+  p.add_argument("--checkpoint", nargs="+", default=None,
+                 help="folders written by Codec.save; one RD point each")
+  p.add_argument("--config", default=None,
+                 help="random model from a config, e.g. m2t:tiny (testing only)")
+  p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
+  p.add_argument("--output", required=True,
+                 help="results JSON; the per-image file goes beside it (.per_image.json)")
+  p.add_argument("--name", default=None, help="curve name in the results file")
+  p.add_argument("--max-images", type=int, default=0, help="only the first N images")
+  p.add_argument("--no-warmup", action="store_true",
+                 help="time the first image of each size with its compilation")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.set_defaults(func=_eval)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    args.func(args)
+  except (ValueError, OSError) as e:  # BitstreamError, ImageError, ImageFileError, I/O
+    message = str(e) if not isinstance(e, OSError) or not e.filename else (
+        f"{e.strerror}: {e.filename}" if e.strerror else str(e))
+    print(f"m2t: error: {message}", file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""Decode-time benchmark of MT vs M2T (paper Fig. 4 / §4 speed claims).
+
+  python experiments/bench_decode.py --config paper --image-size 384x384 \
+      --steps 2 4 8 12 --model both --output out/bench_decode.json
+
+For each model and number of steps S, on whatever device JAX uses, after a
+warm-up call (compile time is reported separately), medians over --repeats:
+
+  teacher_forced_s   one teacher-forced M2T pass over all patches (the floor)
+  m2t_transformer_s  the S cached M2T steps, transformer work only (paper's timing)
+  mt_transformer_s   the S full MT passes, transformer work only
+  full_decode_s      Codec.decompress: steps + tables + range decoding + synthesis
+  coding_s           table building + range decoding inside full_decode_s
+  synthesis_s        the ELIC synthesis and crop
+  compile_s          first decompress minus a warm one
+  peak_rss_mb        peak resident memory of this process so far
+
+Writes JSON (--output), a markdown table (.md) and a PNG plot of decode time vs S
+(.png, when matplotlib is installed) beside it. Weights are random: decode time
+does not depend on them (a random model codes more bits, which only makes the
+range-coding share look larger).
+"""
+
+import argparse
+import functools
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from m2t_jax import Codec, get_config
+from m2t_jax.entropy import gmm, mt, patches
+from m2t_jax.entropy.m2t import M2T
+
+
+def _photo(width: int, height: int) -> np.ndarray:
+  from skimage import data
+  photo = data.astronaut()
+  reps = (-(-height // photo.shape[0]), -(-width // photo.shape[1]), 1)
+  return np.ascontiguousarray(np.tile(photo, reps)[:height, :width])
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _tokens(codec, image):
+  y_hat = codec.analyze(image)
+  tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), codec.config.patch_size)
+  return tokens, valid
+
+
+def _m2t_transformer_fn(codec, tokens):
+  """S cached steps, model only (no tables), as one Python loop of jitted steps."""
+  model = codec.entropy_model
+  params = codec.params["entropy_model"]
+  sched = model.schedule
+
+  @functools.partial(jax.jit, static_argnums=3, donate_argnums=2)
+  def step(params, prev, cache, i):
+    return model.apply({"params": params}, prev, cache, i, method=M2T.step)
+
+  groups = [tokens[:, sched.group(i)] for i in range(sched.num_steps)]
+
+  def run():
+    cache = model.init_cache(tokens.shape[0])
+    prev = tokens[:, :0]
+    out = None
+    for i in range(sched.num_steps):
+      out, cache = step(params, prev, cache, i)
+      prev = groups[i]
+    return out
+  return run
+
+
+def _mt_transformer_fn(codec, tokens):
+  model = codec.entropy_model
+  params = codec.params["entropy_model"]
+  sizes = model.group_sizes
+  knowns = []
+  sched = None if model.order == "entropy" else model.schedule
+  for i in range(len(sizes)):
+    k = mt.known_before_step(sched, i) if sched else np.arange(model.num_tokens) < sizes[:i].sum()
+    knowns.append(jnp.asarray(np.broadcast_to(k, tokens.shape[:2])))
+  apply = jax.jit(lambda p, t, k: model.apply({"params": p}, t, k))
+
+  def run():
+    out = None
+    for known in knowns:
+      out = apply(params, jnp.where(known[..., None], tokens, 0.0), known)
+    return out
+  return run
+
+
+def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats: int):
+  config = get_config(kind, size)
+  config.schedule.num_steps = steps
+  codec = Codec.from_config(config)
+  image = _photo(width, height)
+  data = codec.compress(image)
+  t0 = time.perf_counter()
+  codec.decompress(data)
+  first = time.perf_counter() - t0
+  runs = []
+  for _ in range(repeats):
+    timings = {}
+    t0 = time.perf_counter()
+    codec.decompress(data, timings=timings)
+    timings["full_decode_s"] = time.perf_counter() - t0
+    runs.append(timings)
+  med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+  tokens, _ = _tokens(codec, image)
+
+  # Table building alone: the same jitted table code over every token's mixture.
+  mixture = jax.jit(lambda p, t: _any_pass(codec, p, t))(codec.params["entropy_model"], tokens)
+  tables = jax.jit(lambda m: gmm.coding_tables(m, config.gmm.table_radius,
+                                               config.gmm.prob_floor))
+  jax.block_until_ready(tables(mixture))
+  tables_s = _median_time(lambda: tables(mixture), repeats)
+
+  record = {
+      "config": size, "model": kind, "steps": steps, "image_size": f"{width}x{height}",
+      "num_patches": int(tokens.shape[0]), "bytes": len(data),
+      "full_decode_s": med["full_decode_s"], "steps_s": med["steps_s"],
+      "range_coding_s": med["range_coding_s"], "tables_s": tables_s,
+      "coding_s": med["range_coding_s"] + tables_s, "synthesis_s": med["synthesis_s"],
+      "compile_s": max(first - med["full_decode_s"], 0.0),
+  }
+  if kind == "m2t":
+    run = _m2t_transformer_fn(codec, tokens)
+    jax.block_until_ready(run())
+    record["m2t_transformer_s"] = _median_time(run, repeats)
+    teacher = jax.jit(lambda p, t: codec.entropy_model.apply({"params": p}, t))
+    jax.block_until_ready(teacher(codec.params["entropy_model"], tokens))
+    record["teacher_forced_s"] = _median_time(
+        lambda: teacher(codec.params["entropy_model"], tokens), repeats)
+  else:
+    run = _mt_transformer_fn(codec, tokens)
+    jax.block_until_ready(run())
+    record["mt_transformer_s"] = _median_time(run, repeats)
+  record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  record["device"] = str(jax.devices()[0].device_kind)
+  record["platform"] = jax.devices()[0].platform
+  return record
+
+
+def _any_pass(codec, params, tokens):
+  if codec.config.model == "m2t":
+    return codec.entropy_model.apply({"params": params}, tokens)
+  known = jnp.zeros(tokens.shape[:2], bool)
+  return codec.entropy_model.apply({"params": params}, tokens, known)
+
+
+def _markdown(records) -> str:
+  cols = ["model", "steps", "image_size", "num_patches", "teacher_forced_s",
+          "m2t_transformer_s", "mt_transformer_s", "full_decode_s", "coding_s",
+          "synthesis_s", "compile_s", "peak_rss_mb"]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in records:
+    cells = []
+    for c in cols:
+      v = r.get(c, "")
+      cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _plot(records, path):
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for kind, key in (("mt", "mt_transformer_s"), ("m2t", "m2t_transformer_s")):
+    rs = sorted((r for r in records if r["model"] == kind), key=lambda r: r["steps"])
+    if rs:
+      ax.plot([r["steps"] for r in rs], [r[key] for r in rs], "o-", label=kind.upper())
+  floor = [r["teacher_forced_s"] for r in records if "teacher_forced_s" in r]
+  if floor:
+    ax.axhline(statistics.median(floor), color="grey", ls="--", label="one pass (floor)")
+  ax.set_xlabel("decode steps S")
+  ax.set_ylabel("transformer time per image [s]")
+  r0 = records[0]
+  ax.set_title(f"{r0['config']} config, {r0['image_size']}, {r0['platform']}")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return True
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default="tiny", choices=["paper", "small", "tiny"])
+  parser.add_argument("--image-size", default="384x384", help="WxH")
+  parser.add_argument("--steps", type=int, nargs="+", default=[12])
+  parser.add_argument("--model", default="both", choices=["mt", "m2t", "both"])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--output", default="out/bench_decode.json")
+  args = parser.parse_args(argv)
+  width, height = (int(v) for v in args.image_size.lower().split("x"))
+  kinds = ["mt", "m2t"] if args.model == "both" else [args.model]
+  records = []
+  for steps in args.steps:
+    for kind in kinds:
+      record = bench_one(args.config, kind, steps, width, height, args.repeats)
+      records.append(record)
+      print(json.dumps(record), file=sys.stderr, flush=True)
+  for steps in args.steps:
+    by = {r["model"]: r for r in records if r["steps"] == steps}
+    if "mt" in by and "m2t" in by:
+      by["m2t"]["mt_over_m2t"] = by["mt"]["mt_transformer_s"] / by["m2t"]["m2t_transformer_s"]
+  for r in records:
+    if "m2t_transformer_s" in r:
+      r["m2t_over_teacher"] = r["m2t_transformer_s"] / r["teacher_forced_s"]
+    r["coding_share"] = r["coding_s"] / r["full_decode_s"]
+  out = {"argv": sys.argv[1:] if argv is None else argv, "jax": jax.__version__,
+         "records": records}
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(out, f, indent=1)
+  table = _markdown(records)
+  with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+    f.write(table + "\n")
+  _plot(records, os.path.splitext(args.output)[0] + ".png")
+  print(table)
+
+
+if __name__ == "__main__":
+  main()

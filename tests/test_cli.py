@@ -1,0 +1,73 @@
+"""The m2t command: compress / decompress / info, colour modes, one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from m2t_jax import Codec, cli, get_config
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "m2t_jax.cli", *args], check=False,
+                        capture_output=True, text=True, env=ENV)
+
+
+def test_compress_decompress_info_subprocess(tmp_path):
+  image = skdata.coffee()[:60, :90]
+  Image.fromarray(image).save(tmp_path / "in.png")
+  r = _run("compress", str(tmp_path / "in.png"), str(tmp_path / "a.m2t"), "--config", "m2t:tiny")
+  assert r.returncode == 0, r.stderr
+  r = _run("decompress", str(tmp_path / "a.m2t"), str(tmp_path / "out.png"),
+           "--config", "m2t:tiny")
+  assert r.returncode == 0, r.stderr
+  decoded = np.asarray(Image.open(tmp_path / "out.png"))
+  codec = Codec.from_config(get_config("m2t", "tiny"))
+  np.testing.assert_array_equal(decoded, codec.estimate(image)["reconstruction"])
+  r = _run("info", str(tmp_path / "a.m2t"))
+  assert r.returncode == 0 and "m2t" in r.stdout and "90" in r.stdout and "60" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("decompress", "{tmp}/empty.m2t", "{tmp}/o.png", "--config", "m2t:tiny"), "truncated"),
+    (("compress", "{tmp}/empty.png", "{tmp}/o.m2t", "--config", "m2t:tiny"), "cannot read"),
+    (("compress", "{tmp}/missing.png", "{tmp}/o.m2t", "--config", "m2t:tiny"), "No such file"),
+    (("compress", "{tmp}/ok.png", "{tmp}/o.m2t"), "No trained model"),
+    (("info", "{tmp}/ok.png"), "not an m2t_jax stream"),
+])
+def test_user_errors_are_one_line(tmp_path, args, message):
+  (tmp_path / "empty.m2t").write_bytes(b"")
+  (tmp_path / "empty.png").write_bytes(b"")
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok.png")
+  r = _run(*(a.format(tmp=tmp_path) for a in args))
+  assert r.returncode == 1
+  assert "Traceback" not in r.stderr
+  lines = [line for line in r.stderr.splitlines() if line.startswith("m2t: error:")]
+  assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "I;16", "1", "CMYK"])
+def test_colour_modes_are_converted(tmp_path, capsys, mode):
+  rgb = skdata.chelsea()[:20, :30]
+  if mode == "I;16":
+    img = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    expected = rgb[..., 0:1].repeat(3, 2)
+  else:
+    img = Image.fromarray(rgb).convert(mode)
+    expected = np.asarray(img.convert("RGBA").convert("RGB") if "A" in mode
+                          else img.convert("RGB"))
+  path = tmp_path / ("in.tiff" if mode == "CMYK" else "in.png")
+  img.save(path)
+  from m2t_jax import images
+  read, notes = images.read_rgb(str(path))
+  assert read.dtype == np.uint8 and read.shape == (20, 30, 3)
+  np.testing.assert_array_equal(read, expected)
+  assert notes  # every conversion is reported
+  assert cli.main(["compress", str(path), str(tmp_path / "a.m2t"), "--config", "m2t:tiny"]) == 0
+  assert "note:" in capsys.readouterr().err

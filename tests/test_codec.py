@@ -1,0 +1,215 @@
+"""Codec: exact round trips through real range-coded bytes, on any image size."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from m2t_jax import BitstreamError, Codec, ImageError, get_config
+from m2t_jax.coding import bitstream
+
+PHOTOS = {"astronaut": skdata.astronaut, "coffee": skdata.coffee, "chelsea": skdata.chelsea}
+SIZES = [(1, 1), (1, 1000), (15, 17), (16, 16), (383, 385), (768, 512)]
+
+
+@pytest.fixture(scope="module")
+def codecs():
+  cache = {}
+
+  def get(kind, size, order=None, seed=0):
+    key = (kind, size, order, seed)
+    if key not in cache:
+      config = get_config(kind, size)
+      if order:
+        config.schedule.order = order
+      cache[key] = Codec.from_config(config, seed=seed)
+    return cache[key]
+  return get
+
+
+def _photo_crop(name, h, w):
+  photo = PHOTOS[name]()
+  reps = (-(-h // photo.shape[0]), -(-w // photo.shape[1]), 1)
+  return np.ascontiguousarray(np.tile(photo, reps)[:h, :w])
+
+
+def _assert_exact_round_trip(codec, image, full=False):
+  """Decoded y_hat equals encoded y_hat. With ``full``, also the whole public
+  path: decompress() equals estimate()['reconstruction'] bit for bit."""
+  data = codec.compress(image)
+  y_hat = codec.analyze(image)
+  np.testing.assert_array_equal(codec.decompress_latent(data), y_hat)
+  if full:
+    estimate = codec.estimate(image)
+    np.testing.assert_array_equal(estimate["y_hat"], y_hat)
+    decoded = codec.decompress(data)
+    assert decoded.dtype == np.uint8 and decoded.shape == image.shape
+    np.testing.assert_array_equal(decoded, estimate["reconstruction"])
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+@pytest.mark.parametrize("size", ["tiny", "small"])
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_round_trip_photos(codecs, kind, size, photo):
+  _assert_exact_round_trip(codecs(kind, size), PHOTOS[photo](), full=True)
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+@pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_round_trip_sizes_tiny(codecs, kind, hw):
+  _assert_exact_round_trip(codecs(kind, "tiny"), _photo_crop("chelsea", *hw), full=True)
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+@pytest.mark.parametrize("hw", [(1, 1), (15, 17), (383, 385), (768, 512)],
+                         ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_round_trip_sizes_small(codecs, kind, hw):
+  _assert_exact_round_trip(codecs(kind, "small"), _photo_crop("coffee", *hw))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (40, 70), (200, 100)], ids=str)
+def test_round_trip_mt_entropy_adaptive(codecs, hw):
+  _assert_exact_round_trip(codecs("mt", "tiny", order="entropy"), _photo_crop("astronaut", *hw),
+                           full=True)
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+def test_extreme_latents_escape(codecs, kind):
+  codec = codecs(kind, "tiny")
+  image = _photo_crop("astronaut", 40, 56)
+  y = codec.estimate(image)["y_hat"]
+  rng = np.random.default_rng(0)
+  for latent in (y * 1000, y * 1000 + rng.integers(-5, 5, y.shape),
+                 np.full_like(y, 2**31 - 1), np.full_like(y, -(2**31) + 1),
+                 rng.integers(-(2**30), 2**30, y.shape)):
+    data = codec.compress_latent(latent, 40, 56)
+    np.testing.assert_array_equal(codec.decompress_latent(data), latent)
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+def test_saturated_and_noise_images(codecs, kind):
+  codec = codecs(kind, "tiny")
+  rng = np.random.default_rng(1)
+  for image in (np.zeros((33, 47, 3), np.uint8), np.full((33, 47, 3), 255, np.uint8),
+                rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)):
+    _assert_exact_round_trip(codec, image, full=True)
+
+
+def test_decoding_in_a_fresh_process(codecs, tmp_path):
+  codec = codecs("m2t", "tiny")
+  image = _photo_crop("coffee", 70, 90)
+  (tmp_path / "a.m2t").write_bytes(codec.compress(image))
+  script = textwrap.dedent(f"""
+      import numpy as np
+      from m2t_jax import Codec, get_config
+      codec = Codec.from_config(get_config("m2t", "tiny"), seed=0)
+      data = open({str(tmp_path / "a.m2t")!r}, "rb").read()
+      np.save({str(tmp_path / "b.npy")!r}, codec.decompress(data))
+  """)
+  subprocess.run([sys.executable, "-c", script], check=True,
+                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), codec.decompress(
+      (tmp_path / "a.m2t").read_bytes()))
+  np.testing.assert_array_equal(np.load(tmp_path / "b.npy"),
+                                codec.estimate(image)["reconstruction"])
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+def test_real_size_matches_estimate(codecs, kind):
+  codec = codecs(kind, "small")
+  for name in sorted(PHOTOS):
+    image = PHOTOS[name]()
+    data = codec.compress(image)
+    est = codec.estimate(image)
+    payload_bits = 8 * (len(data) - bitstream.HEADER_BYTES)
+    # The payload's last 32-bit word is a fixed overhead, like the header.
+    assert abs(payload_bits - est["bits"]) <= 0.01 * est["bits"] + 32, (name, payload_bits, est)
+    assert est["bpp"] == pytest.approx(est["bits"] / (image.shape[0] * image.shape[1]))
+
+
+def _mutations(data, rng, count):
+  """Random single-byte flips, insertions, deletions and truncations of ``data``."""
+  for k in range(count):
+    kind = k % 4
+    pos = int(rng.integers(0, len(data)))
+    if kind == 0:
+      out = bytearray(data)
+      out[pos] ^= int(rng.integers(1, 256))
+    elif kind == 1:
+      out = bytearray(data[:pos]) + bytes([int(rng.integers(0, 256))]) + data[pos:]
+    elif kind == 2:
+      out = bytearray(data[:pos] + data[pos + 1:])
+    else:
+      out = bytearray(data[:pos])
+    yield bytes(out)
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+def test_fuzz_mutated_streams_raise_bitstream_error(codecs, kind):
+  codec = codecs(kind, "tiny")
+  data = codec.compress(_photo_crop("chelsea", 30, 50))
+  rng = np.random.default_rng(2)
+  count = 0
+  for mutated in _mutations(data, rng, 1000):
+    with pytest.raises(BitstreamError):
+      codec.decompress(mutated)
+    count += 1
+  assert count == 1000
+
+
+def test_fuzz_payloads_with_valid_crc(codecs):
+  # Past the CRC: random payloads in a valid container either raise
+  # BitstreamError or decode (there is no way to tell garbage from data then),
+  # but never raise anything else or hang.
+  codec = codecs("m2t", "tiny")
+  header = codec.read_header(codec.compress(_photo_crop("chelsea", 30, 50)))
+  rng = np.random.default_rng(3)
+  outcomes = {"error": 0, "decoded": 0}
+  for _ in range(200):
+    payload = rng.integers(0, 256, 4 * int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
+    try:
+      image = codec.decompress(bitstream.pack(header, payload))
+      assert image.shape == (30, 50, 3)
+      outcomes["decoded"] += 1
+    except BitstreamError:
+      outcomes["error"] += 1
+  assert outcomes["error"] > 0
+
+
+def test_foreign_model_and_other_kind_are_refused(codecs):
+  image = _photo_crop("coffee", 20, 20)
+  data = codecs("m2t", "tiny", seed=0).compress(image)
+  with pytest.raises(BitstreamError, match="another model"):
+    codecs("m2t", "tiny", seed=1).decompress(data)
+  with pytest.raises(BitstreamError, match=r"another model \(m2t"):
+    codecs("mt", "tiny").decompress(data)
+  for junk in (b"", b"\x89PNG\r\n\x1a\n" + bytes(100), "text"):
+    with pytest.raises(BitstreamError):
+      codecs("m2t", "tiny").decompress(junk)
+  assert issubclass(BitstreamError, ValueError)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((0, 5, 3), np.uint8), np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8),
+    np.zeros((4, 4, 3), np.float32), [[0, 0, 0]]], ids=str)
+def test_bad_images_raise_image_error(codecs, bad):
+  with pytest.raises(ImageError):
+    codecs("m2t", "tiny").compress(bad)
+
+
+def test_save_and_load(codecs, tmp_path):
+  codec = codecs("mt", "tiny")
+  codec.save(str(tmp_path / "model"))
+  loaded = Codec.load(str(tmp_path / "model"))
+  assert loaded.fingerprint == codec.fingerprint
+  image = _photo_crop("coffee", 20, 30)
+  np.testing.assert_array_equal(loaded.decompress(codec.compress(image)),
+                                codec.decompress(codec.compress(image)))
+  with pytest.raises(FileNotFoundError, match="No trained model"):
+    Codec.load()
+  with pytest.raises(FileNotFoundError, match="not a saved"):
+    Codec.load(str(tmp_path))
