@@ -1,16 +1,21 @@
 """Test-wide settings: CPU, and a persistent compilation cache.
 
-Many tests build codecs of the same config and image size; the cache lets later
-tests reuse compiled steps instead of recompiling them (the suite must run in
-minutes on 2 CPU cores). It lives in the pytest cache folder.
+Many tests (and the subprocesses some of them start) build codecs of the same
+config and image size; the cache lets them reuse compiled executables instead of
+recompiling (the suite must run in minutes on 2 CPU cores). It lives in the pytest
+cache folder and is passed to subprocesses through the environment.
 """
 
 import os
 
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      ".pytest_cache", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 
-_CACHE = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
