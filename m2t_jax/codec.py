@@ -170,51 +170,68 @@ class Codec:
           "with the model that wrote it.")
     return header, payload
 
-  def decompress(self, data: bytes, timings: dict | None = None) -> np.ndarray:
+  def decompress(self, data: bytes, num_steps: int | None = None,
+                 timings: dict | None = None) -> np.ndarray:
     """bytes -> uint8 (H, W, 3). Raises BitstreamError for any bad stream.
 
+    num_steps: progressive decoding. Only the first k = num_steps groups are
+      range decoded; every later token is replaced by its predicted mixture mean
+      (the model's steps run on, fed with those means). k = S (or None) is the
+      full decode; k = 0 decodes nothing.
     timings: optional dict that receives "steps_s", "range_coding_s" and
-    "synthesis_s" (seconds) of this call.
+      "synthesis_s" (seconds) of this call.
     """
     header, payload = self._unpack(data)
-    y_hat = self._decode_latent(header, payload, timings)
+    y_hat = self._decode_latent(header, payload, timings, num_steps)
     t0 = time.perf_counter()
     image = self.reconstruct(y_hat, header.height, header.width)
     if timings is not None:
       timings["synthesis_s"] = time.perf_counter() - t0
     return image
 
-  def decompress_latent(self, data: bytes) -> np.ndarray:
-    """bytes -> the decoded integer latent (1, h, w, C)."""
+  def decompress_latent(self, data: bytes, num_steps: int | None = None) -> np.ndarray:
+    """bytes -> the decoded latent (1, h, w, C): int64, or float64 with predicted
+    means for the groups past ``num_steps`` (see ``decompress``)."""
     header, payload = self._unpack(data)
-    return self._decode_latent(header, payload)
+    return self._decode_latent(header, payload, num_steps=num_steps)
 
-  def _decode_latent(self, header, payload, timings=None) -> np.ndarray:
+  def _decode_latent(self, header, payload, timings=None, num_steps=None) -> np.ndarray:
+    total = self.config.schedule.num_steps
+    if num_steps is not None and not 0 <= num_steps <= total:
+      raise ValueError(f"num_steps must be in 0..{total}, got {num_steps}.")
+    num_steps = total if num_steps is None else num_steps
     h, w = -(-header.height // 16), -(-header.width // 16)
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), self.config.patch_size)
     try:
       decoder = range_coder.new_decoder(payload)
-      tokens = self._run_steps(np.asarray(valid), decoder=decoder, timings=timings)
+      tokens = self._run_steps(np.asarray(valid), decoder=decoder, timings=timings,
+                               num_coded_steps=num_steps)
     except range_coder.RangeCoderError as e:
       raise BitstreamError(f"Corrupted payload: {e}") from e
-    if not decoder.maybe_exhausted():
+    if num_steps == total and not decoder.maybe_exhausted():
       # A valid stream ends exactly where its last group does.
       raise BitstreamError("Corrupted payload: data left over after the last group.")
     return np.asarray(patches.from_patches(tokens, 1, h, w, self.config.patch_size))
 
   def _run_steps(self, valid, tokens=None, encoder=None, decoder=None, bits_out=None,
-                 timings=None):
+                 timings=None, num_coded_steps=None):
     """Codes (encoder), decodes (decoder) or estimates (bits_out) all groups.
 
     valid (N, L) bool; tokens (N, L, C) int64 true values (encoder / estimate).
     timings: optional dict; seconds spent in the jitted steps (model + tables,
     including the transfer to the host) and in range coding are added to its
     "steps_s" and "range_coding_s".
-    Returns the token values (N, L, C) int64 that were coded or decoded.
+    num_coded_steps: decoder only; groups from this step on are not decoded but
+    filled with their predicted mixture means (progressive decoding).
+    Returns the token values (N, L, C) that were coded or decoded: int64, or
+    float64 when some groups hold predicted means.
     """
     n, length = valid.shape
     c = self.config.latent_channels
-    values = np.zeros((n, length, c), np.int64) if tokens is None else tokens
+    num_steps = self.config.schedule.num_steps
+    coded_steps = num_steps if num_coded_steps is None else num_coded_steps
+    dtype = np.int64 if coded_steps == num_steps else np.float64
+    values = np.zeros((n, length, c), dtype) if tokens is None else tokens
     coded = ~valid  # padded cells are known and never coded
     stepper = self._stepper(n, valid)
     rows = np.arange(n)[:, None]
@@ -225,7 +242,11 @@ class Codec:
       t0 = time.perf_counter()
       cells, centers, pmf, mixture = stepper.predict(i)
       todo = ~coded[rows, cells]  # (N, g); cells already known are skipped
-      if encoder is not None or decoder is not None:
+      if i >= coded_steps:  # progressive decoding: the predicted mean stands in
+        group = values[rows, cells]
+        group[todo] = np.asarray(gmm.mixture_mean(mixture))[todo]
+        values[rows, cells] = group
+      elif encoder is not None or decoder is not None:
         centers, pmf = np.asarray(centers), np.asarray(pmf)
         t1 = time.perf_counter()
         timings["steps_s"] += t1 - t0
