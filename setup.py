@@ -12,8 +12,9 @@ setup(
         "jax>=0.4.35", "flax>=0.10", "optax>=0.2.3", "orbax-checkpoint>=0.10",
         "ml_collections>=0.1.1", "absl-py>=2.1", "numpy>=1.26", "constriction>=0.4",
         "pillow>=10", "grain>=0.2.6", "tensorflow-datasets>=4.9.7",
+        "scipy>=1.11", "bjontegaard>=1.3", "matplotlib>=3.7", "scikit-image>=0.22",
+        "tqdm>=4",
     ],
-    extras_require={"test": ["pytest>=8", "scipy>=1.11", "scikit-image>=0.22",
-                             "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=8", "ruff>=0.5"]},
     entry_points={"console_scripts": ["m2t=m2t_jax.cli:main"]},
 )

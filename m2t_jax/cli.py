@@ -73,8 +73,9 @@ def _eval(args):
         summary.load_config(*spec.split(":", 1)), seed=args.seed))]
   elif args.checkpoint:
     for path in args.checkpoint:  # fail before hours of evaluation, not after
-      if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint {path!r} is not a folder written by Codec.save")
+      if not all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "params.npz")):
+        raise FileNotFoundError(f"checkpoint {path!r} is not a folder written by Codec.save "
+                                "(it needs config.json and params.npz)")
     codecs = [(path, lambda path=path: Codec.load(path)) for path in args.checkpoint]
   else:
     Codec.load(None)  # raises FileNotFoundError: no shipped model yet

@@ -1,0 +1,222 @@
+"""BD-rate table and RD plot of results files against published curves.
+
+    python experiments/rd_table.py results.json [more.json ...] \
+        [--anchor vtm | path/to/anchor.json] [--dataset kodak] \
+        [--references default | all | none | NAME [NAME ...]] [--output out/rd_table]
+
+Inputs are CompressAI-schema results files (``m2t eval``, the per-codec files
+of ``experiments/classical.py``, CompressAI's own), or JSON lists of such
+documents (``classical.py``'s combined file). Each document is one curve.
+
+For every curve (ours and the reference curves drawn beside them) the table
+gives the BD-rate against the anchor (default: VTM on Kodak, from
+``third_party/rd_curves/<dataset>/``) with PCHIP interpolation and, beside it,
+the classic cubic fit, both over the PSNR range where the curve and the anchor
+overlap (``m2t_jax.bdrate``). Negative: fewer bits than the anchor at equal
+PSNR. A curve without overlap, or with too few points for a method, gets
+"n/a" and the reason.
+
+Writes ``<output>.md`` (markdown table), ``<output>.png`` (bpp vs PSNR-RGB,
+ours solid, references dashed) and ``<output>.json`` (the table's numbers).
+
+Compare like with like: the published curves are averages over their data set
+(Kodak: 24 images, 768x512). A results file measured on other images is
+flagged in the table's notes; its BD-rate against Kodak VTM is then only an
+indication.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from m2t_jax import bdrate  # noqa: E402
+
+CURVES_DIR = os.path.join(REPO, "third_party", "rd_curves")
+# The curves in the reference README's orientation list (Kodak).
+DEFAULT_REFERENCES = {
+    "kodak": ["elic-paper", "mlicplus-c3", "cheng2020-anchor-compressai",
+              "mbt2018-compressai", "bmshj2018-hyperprior-compressai", "bpg444"],
+}
+
+
+def load_curves(path: str) -> list[dict]:
+  """The curves of a results file: [{name, bpp, psnr, file, meta}]."""
+  with open(path) as f:
+    doc = json.load(f)
+  docs = doc if isinstance(doc, list) else [doc]
+  curves = []
+  for d in docs:
+    if not isinstance(d, dict) or "results" not in d:
+      raise ValueError(f"{path} is not a CompressAI results file (no 'results'); the "
+                       "per-image files are not curves.")
+    r = d["results"]
+    points = [(b, p) for b, p in zip(r["bpp"], r["psnr-rgb"], strict=True)
+              if b is not None and p is not None and math.isfinite(b) and math.isfinite(p)]
+    points.sort()
+    curves.append({"name": d.get("name") or os.path.basename(path), "file": path,
+                   "bpp": [b for b, _ in points], "psnr": [p for _, p in points],
+                   "meta": d.get("meta", {})})
+  return curves
+
+
+def reference_path(dataset: str, name: str) -> str:
+  """A published curve: a path, or a name in third_party/rd_curves/<dataset>/."""
+  if os.path.isfile(name):
+    return name
+  path = os.path.join(CURVES_DIR, dataset, f"{name}.json")
+  if not os.path.isfile(path):
+    known = sorted(os.path.basename(p)[:-5] for p in
+                   glob.glob(os.path.join(CURVES_DIR, dataset, "*.json")))
+    raise ValueError(f"No published curve {name!r} for data set {dataset!r}; known: "
+                     f"{', '.join(known) or 'none (unknown data set)'}.")
+  return path
+
+
+def bd_row(anchor: dict, curve: dict, kind: str) -> dict:
+  """BD-rates (PCHIP, cubic) of ``curve`` against ``anchor``, with reasons for n/a."""
+  row = {"name": curve["name"], "file": os.path.relpath(curve["file"], REPO)
+         if curve["file"].startswith(REPO) else curve["file"], "kind": kind,
+         "points": len(curve["bpp"]),
+         "bpp_range": [min(curve["bpp"]), max(curve["bpp"])] if curve["bpp"] else None,
+         "psnr_range": [min(curve["psnr"]), max(curve["psnr"])] if curve["psnr"] else None,
+         "dataset": curve["meta"].get("dataset")}
+  try:
+    row["overlap_db"] = list(bdrate.overlap(anchor["psnr"], curve["psnr"]))
+  except ValueError:
+    row["overlap_db"] = None
+  for method in ("pchip", "cubic"):
+    try:
+      row[f"bd_rate_{method}"] = bdrate.bd_rate(anchor["bpp"], anchor["psnr"], curve["bpp"],
+                                                curve["psnr"], method)
+    except ValueError as e:
+      row[f"bd_rate_{method}"] = None
+      row[f"error_{method}"] = str(e).split(":")[0] if "overlap" in str(e) else str(e)
+  return row
+
+
+def markdown(rows: list[dict], anchor: dict, dataset: str) -> str:
+  """The table, with notes on n/a entries and on data-set mismatches."""
+  lines = [f"BD-rate against **{anchor['name']}** ({os.path.relpath(anchor['file'], REPO)}), "
+           "over the PSNR range where each curve overlaps the anchor; negative = fewer "
+           "bits at equal PSNR-RGB.", "",
+           "| curve | kind | points | bpp | PSNR (dB) | overlap (dB) | BD-rate PCHIP | "
+           "BD-rate cubic |",
+           "|---|---|---:|---|---|---|---:|---:|"]
+  notes = []
+  fmt_range = lambda r, f: f"{r[0]:{f}}–{r[1]:{f}}" if r else "–"
+  for row in rows:
+    cells = []
+    for method in ("pchip", "cubic"):
+      value = row[f"bd_rate_{method}"]
+      if value is None:
+        notes.append(f"{row['name']} ({method}): {row[f'error_{method}']}")
+        cells.append("n/a")
+      else:
+        cells.append(f"{value:+.1f}%")
+    lines.append(f"| {row['name']} | {row['kind']} | {row['points']} | "
+                 f"{fmt_range(row['bpp_range'], '.3f')} | {fmt_range(row['psnr_range'], '.2f')} | "
+                 f"{fmt_range(row['overlap_db'], '.2f')} | {cells[0]} | {cells[1]} |")
+    ds = row.get("dataset")
+    if row["kind"] == "ours" and ds != dataset:
+      notes.append(f"{row['name']} was measured on {ds or 'an unnamed image set'}, the "
+                   f"references on {dataset}: its BD-rate compares different images.")
+  if notes:
+    lines += ["", "Notes:"] + [f"- {n}" for n in dict.fromkeys(notes)]
+  return "\n".join(lines) + "\n"
+
+
+def plot(path: str, ours: list[dict], references: list[dict], anchor: dict,
+         dataset: str) -> None:
+  """bpp vs PSNR-RGB: our curves solid, published ones dashed, the anchor black."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+  for c in references:
+    if c is anchor:
+      continue
+    ax.plot(c["bpp"], c["psnr"], "--", marker=".", lw=1, alpha=0.7, label=c["name"])
+  ax.plot(anchor["bpp"], anchor["psnr"], "k--", marker="x", lw=1.5,
+          label=f"{anchor['name']} (anchor)")
+  for c in ours:
+    ax.plot(c["bpp"], c["psnr"], "-", marker="o", lw=2, label=c["name"])
+  # Zoom on our curves' rates when we have any: the published curves reach
+  # 4 bpp and would squeeze ours into a corner.
+  shown = ours or references or [anchor]
+  xmax = max(max(c["bpp"]) for c in shown if c["bpp"]) * 1.15
+  visible = [p for c in (*ours, *references) for b, p in zip(c["bpp"], c["psnr"], strict=True)
+             if b <= xmax]
+  ax.set_xlim(0, xmax)
+  if visible:
+    ax.set_ylim(min(visible) - 0.5, max(visible) + 0.5)
+  ax.set_xlabel("bits per pixel")
+  ax.set_ylabel("PSNR-RGB (dB)")
+  ax.set_title(f"Rate-distortion ({dataset} references)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("results", nargs="*", help="CompressAI-schema results files")
+  parser.add_argument("--dataset", default="kodak",
+                      help="folder of third_party/rd_curves with the references")
+  parser.add_argument("--anchor", default="vtm", help="name in that folder, or a path")
+  parser.add_argument("--references", nargs="+", default=["default"],
+                      help="'default', 'all', 'none' or names/paths of published curves")
+  parser.add_argument("--output", default="rd_table",
+                      help="prefix of the .md, .png and .json outputs")
+  args = parser.parse_args(argv)
+
+  try:
+    anchor = load_curves(reference_path(args.dataset, args.anchor))[0]
+    if args.references == ["none"]:
+      ref_names = []
+    elif args.references == ["all"]:
+      ref_names = sorted(os.path.basename(p)[:-5] for p in
+                         glob.glob(os.path.join(CURVES_DIR, args.dataset, "*.json")))
+    elif args.references == ["default"]:
+      ref_names = DEFAULT_REFERENCES.get(args.dataset) or sorted(
+          os.path.basename(p)[:-5] for p in
+          glob.glob(os.path.join(CURVES_DIR, args.dataset, "*.json")))
+    else:
+      ref_names = args.references
+    anchor_file = os.path.abspath(anchor["file"])
+    references = [c for n in ref_names for c in load_curves(reference_path(args.dataset, n))
+                  if os.path.abspath(c["file"]) != anchor_file]
+    ours = [c for path in args.results for c in load_curves(path)]
+  except (ValueError, OSError) as e:
+    print(f"rd_table: error: {e}", file=sys.stderr)
+    return 1
+
+  rows = ([bd_row(anchor, c, "ours") for c in ours] +
+          [bd_row(anchor, c, "published") for c in references])
+  table = markdown(rows, anchor, args.dataset)
+  out_dir = os.path.dirname(os.path.abspath(args.output))
+  os.makedirs(out_dir, exist_ok=True)
+  with open(args.output + ".md", "w") as f:
+    f.write(table)
+  with open(args.output + ".json", "w") as f:
+    json.dump({"dataset": args.dataset, "anchor": {"name": anchor["name"],
+                                                   "file": anchor["file"]},
+               "rows": rows}, f, indent=1)
+    f.write("\n")
+  plot(args.output + ".png", ours, references, anchor, args.dataset)
+  print(table)
+  print(f"wrote {args.output}.md, {args.output}.png and {args.output}.json")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Schedule ablation (paper Fig. 5): MT's real coding cost vs alpha, S and order.
+
+  python experiments/schedule_ablation.py --checkpoint DIR --images DIR \
+      --output out/schedule_ablation.json
+
+For an MT model (a folder written by Codec.save, or ``--config mt:small`` for
+random weights), every alpha in --alphas, S in --steps and order in --orders
+(qlds, random, entropy): the bits of y_hat under the S decode passes, i.e. what
+the range coder pays up to table quantisation (``Codec.estimate`` for MT), as bpp
+averaged over the images. MT is trained with random masks, so one model serves
+every schedule. Writes JSON, a markdown table (.md) and a PNG plot (.png).
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+
+from m2t_jax import Codec, images, summary
+
+
+def _load_images(folder, max_images):
+  paths = sorted(p for ext in ("png", "jpg", "jpeg", "PNG", "JPG")
+                 for p in glob.glob(os.path.join(folder, f"*.{ext}")))[:max_images]
+  if not paths:
+    raise SystemExit(f"no PNG/JPEG images in {folder!r}")
+  return [(os.path.basename(p), images.read_rgb(p)[0]) for p in paths]
+
+
+def _sample_images(max_images):
+  from skimage import data
+  return [(name, getattr(data, name)()) for name in ("astronaut", "coffee", "chelsea")][
+      :max_images]
+
+
+def run(base: Codec, imgs, alphas, steps_list, orders):
+  records = []
+  pixels = sum(im.shape[0] * im.shape[1] for _, im in imgs)
+  for order in orders:
+    for steps in steps_list:
+      for alpha in alphas:
+        config = ml_collections.ConfigDict(base.config.to_dict())
+        config.schedule.order, config.schedule.num_steps, config.schedule.alpha = (
+            order, steps, alpha)
+        codec = Codec(config, base.params)
+        bits = sum(codec.estimate(im)["bits"] for _, im in imgs)
+        records.append({"order": order, "steps": steps, "alpha": alpha, "bpp": bits / pixels})
+        print(json.dumps(records[-1]), file=sys.stderr, flush=True)
+  return records
+
+
+def _markdown(records, alphas):
+  lines = ["| order | S | " + " | ".join(f"alpha={a}" for a in alphas) + " |",
+           "|---|---|" + "---|" * len(alphas)]
+  keys = sorted({(r["order"], r["steps"]) for r in records})
+  for order, steps in keys:
+    row = {r["alpha"]: r["bpp"] for r in records if (r["order"], r["steps"]) == (order, steps)}
+    lines.append(f"| {order} | {steps} | " + " | ".join(f"{row[a]:.4f}" for a in alphas) + " |")
+  return "\n".join(lines)
+
+
+def _plot(records, path):
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return
+  orders = sorted({r["order"] for r in records})
+  fig, axes = plt.subplots(1, len(orders), figsize=(4 * len(orders), 3.2), sharey=True,
+                           squeeze=False)
+  for ax, order in zip(axes[0], orders, strict=True):
+    for steps in sorted({r["steps"] for r in records}):
+      rs = sorted((r for r in records if r["order"] == order and r["steps"] == steps),
+                  key=lambda r: r["alpha"])
+      ax.plot([r["alpha"] for r in rs], [r["bpp"] for r in rs], "o-", label=f"S={steps}")
+    ax.set_title(order)
+    ax.set_xlabel("alpha")
+  axes[0][0].set_ylabel("bpp (MT, S passes)")
+  axes[0][-1].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", default=None, help="MT model folder (Codec.save)")
+  parser.add_argument("--config", default=None, help="random MT model, e.g. mt:small")
+  parser.add_argument("--images", default=None, help="folder; default: skimage photos")
+  parser.add_argument("--max-images", type=int, default=8)
+  parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.5, 2.2, 3.0, 4.0])
+  parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 12])
+  parser.add_argument("--orders", nargs="+", default=["qlds", "random", "entropy"])
+  parser.add_argument("--output", default="out/schedule_ablation.json")
+  args = parser.parse_args(argv)
+  if args.config:
+    base = Codec.from_config(summary.load_config(*args.config.split(":", 1)))
+  else:
+    base = Codec.load(args.checkpoint)
+  if base.config.model != "mt":
+    raise SystemExit("the schedule ablation needs an MT model (M2T is trained for one schedule)")
+  imgs = _load_images(args.images, args.max_images) if args.images else _sample_images(
+      args.max_images)
+  records = run(base, imgs, args.alphas, args.steps, args.orders)
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump({"model": base.name, "images": [n for n, _ in imgs], "records": records}, f,
+              indent=1)
+  table = _markdown(records, args.alphas)
+  with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+    f.write(table + "\n")
+  _plot(records, os.path.splitext(args.output)[0] + ".png")
+  print(table)
+  return np.mean([r["bpp"] for r in records])
+
+
+if __name__ == "__main__":
+  main()

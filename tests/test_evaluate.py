@@ -1,0 +1,107 @@
+"""`m2t eval`: real byte counts, CompressAI schema, failing images reported."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from m2t_jax import Codec, cli, evaluate, get_config
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def photos():
+  return {"astronaut.png": skdata.astronaut()[:SIZE[0], :SIZE[1]],
+          "coffee.png": skdata.coffee()[:SIZE[0], :SIZE[1]]}
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory, photos):
+  """One `m2t eval` run over two photos and a corrupt PNG (random tiny model)."""
+  folder = tmp_path_factory.mktemp("images")
+  for name, image in photos.items():
+    Image.fromarray(image).save(folder / name)
+  (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+  output = tmp_path_factory.mktemp("out") / "results.json"
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    status = cli.main(["eval", "--images", str(folder), "--config", "m2t:tiny",
+                       "--output", str(output)])
+  with open(output) as f:
+    results = json.load(f)
+  with open(evaluate.per_image_path(str(output))) as f:
+    per_image = json.load(f)
+  return {"status": status, "results": results, "per_image": per_image,
+          "stderr": stderr.getvalue(), "stdout": stdout.getvalue()}
+
+
+def test_results_schema(eval_run):
+  assert eval_run["status"] == 0, eval_run["stderr"]
+  doc = eval_run["results"]
+  assert {"name", "description", "meta", "results"} <= set(doc)
+  for key in ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time",
+              "estimated_bpp"):
+    assert len(doc["results"][key]) == 1 and isinstance(doc["results"][key][0], float), key
+  assert doc["results"]["num_images"] == [2] and doc["results"]["num_failed"] == [1]
+
+
+def test_bpp_is_the_real_byte_count(eval_run, photos):
+  # Independently: the same random model, compress, count the bytes.
+  codec = Codec.from_config(get_config("m2t", "tiny"), seed=0)
+  pixels = SIZE[0] * SIZE[1]
+  expected = {name: 8 * len(codec.compress(image)) / pixels for name, image in photos.items()}
+  records = {r["image"]: r for r in eval_run["per_image"]["images"] if "error" not in r}
+  assert set(records) == set(expected)
+  for name, record in records.items():
+    assert record["bpp"] == expected[name]
+    assert record["bytes"] * 8 / pixels == expected[name]
+    assert record["decoded_equals_estimate"] is True
+    assert 0 < record["ms-ssim-rgb"] <= 1 and record["ms_ssim_scales"] == 3
+  mean = np.mean(list(expected.values()))
+  assert eval_run["results"]["results"]["bpp"][0] == pytest.approx(mean, rel=1e-12)
+
+
+def test_failing_image_is_reported_and_run_goes_on(eval_run):
+  failed = [r for r in eval_run["per_image"]["images"] if "error" in r]
+  assert [r["image"] for r in failed] == ["broken.png"]
+  assert "cannot read" in failed[0]["error"]
+  assert "broken.png" in eval_run["stderr"] and "warning" in eval_run["stderr"]
+  assert "Traceback" not in eval_run["stderr"]
+
+
+def test_without_a_model_one_line_error(tmp_path, capsys):
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  status = cli.main(["eval", "--images", str(tmp_path), "--output", str(tmp_path / "r.json")])
+  err = capsys.readouterr().err
+  assert status == 1
+  lines = [line for line in err.splitlines() if line.startswith("m2t: error:")]
+  assert len(lines) == 1 and "No trained model" in lines[0], err
+  assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_folder_and_checkpoint_errors(tmp_path, capsys):
+  status = cli.main(["eval", "--images", str(tmp_path / "nope"), "--config", "m2t:tiny",
+                     "--output", str(tmp_path / "r.json")])
+  assert status == 1 and "does not exist" in capsys.readouterr().err
+  status = cli.main(["eval", "--images", str(tmp_path), "--checkpoint", str(tmp_path / "ck"),
+                     "--output", str(tmp_path / "r.json")])
+  assert status == 1 and "not a folder written by Codec.save" in capsys.readouterr().err
+
+
+def test_tfds_spec():
+  assert evaluate.parse_tfds_spec("kodak:test") == ("kodak", "test")
+  assert evaluate.parse_tfds_spec("clic/pro:1.0.0:validation") == ("clic/pro:1.0.0",
+                                                                    "validation")
+  with pytest.raises(ValueError, match="NAME:SPLIT"):
+    evaluate.parse_tfds_spec("kodak")
+
+
+def test_compressai_results_sorted_by_bpp():
+  points = [{"bpp": 0.5, "psnr-rgb": 32.0}, {"bpp": 0.2, "psnr-rgb": 29.0}]
+  doc = evaluate.compressai_results("x", "y", points, keys=("bpp", "psnr-rgb"))
+  assert doc["results"] == {"bpp": [0.2, 0.5], "psnr-rgb": [29.0, 32.0]}
