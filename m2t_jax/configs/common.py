@@ -5,9 +5,11 @@ constant in code. Sizes:
 
 * ``paper``: exactly SPEC §1-8 (ELIC N=256, C=192; ViT-B 12x768, 12 heads, MLP 3072;
   w_T=24, S=12, alpha=2.2, N_M=3, delta=5; batch 32 of 384x384 crops, 1M steps).
-* ``small``: trains on a 2-core CPU in hours. ELIC N=C=96 (about 1/7 of the paper's
-  conv MACs), a 4x256 transformer (about 1/40 of ViT-B), w_T=16 so that a 256x256
-  crop is exactly one patch of 256 tokens, S=8 (the paper finds little gain past 8).
+* ``small``: trains on a 2-core CPU in hours. ELIC N=64, C=96 (1/16 of the paper's
+  conv MACs per pixel), a 4x256 transformer (about 1/27 of ViT-B), w_T=16 so that a
+  256x256 crop is exactly one patch of 256 tokens, S=8 (the paper finds little gain
+  past 8), batch 4. An N=96 version measured 15.8 s per step of 8 crops on this
+  2-core CPU (experiments/bench_train.py), far too slow to train here.
 * ``tiny``: for tests; every code path with the smallest shapes that still have
   several groups, several heads and a mixture of 3.
 """
@@ -30,7 +32,7 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
 
   # ELIC transforms (SPEC §2).
   c.elic = ml_collections.ConfigDict()
-  c.elic.num_filters = {"paper": 256, "small": 96, "tiny": 16}[size]  # N
+  c.elic.num_filters = {"paper": 256, "small": 64, "tiny": 16}[size]  # N
   c.elic.num_res_blocks = 3  # residual bottleneck blocks per stage [inferred]
   c.latent_channels = {"paper": 192, "small": 96, "tiny": 8}[size]  # C
 
@@ -74,7 +76,7 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.lmbda_warmup_factor = 10.0  # lambda x10 ...
   c.lmbda_warmup_fraction = 0.15  # ... for the first 15% of steps [paper]
   c.crop_size = {"paper": 384, "small": 256, "tiny": 32}[size]
-  c.batch_size = {"paper": 32, "small": 8, "tiny": 2}[size]
+  c.batch_size = {"paper": 32, "small": 4, "tiny": 2}[size]
   c.num_steps = {"paper": 1_000_000, "small": 50_000, "tiny": 60}[size]
   c.learning_rate = 1e-4
   c.warmup_steps = {"paper": 10_000, "small": 1_000, "tiny": 5}[size]
