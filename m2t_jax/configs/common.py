@@ -75,7 +75,7 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.lmbda = 0.01 * 2.0 ** -3  # lambda on MSE over 0..255 [inferred grid]
   c.lmbda_warmup_factor = 10.0  # lambda x10 ...
   c.lmbda_warmup_fraction = 0.15  # ... for the first 15% of steps [paper]
-  c.crop_size = {"paper": 384, "small": 256, "tiny": 32}[size]
+  c.crop_size = {"paper": 384, "small": 256, "tiny": 64}[size]
   c.batch_size = {"paper": 32, "small": 4, "tiny": 2}[size]
   c.num_steps = {"paper": 1_000_000, "small": 50_000, "tiny": 60}[size]
   c.learning_rate = 1e-4

@@ -1,0 +1,353 @@
+"""Input pipelines (grain): image folders or TFDS datasets -> batches of crops.
+
+Two sources give the same thing, a random-access sequence of RGB uint8 images
+(H, W, 3) of any size:
+
+* ``folder``: every ``.png``, ``.jpg`` and ``.jpeg`` file (any case) under a
+  directory, recursively, in sorted path order.
+* ``tfds``: an array_record TFDS dataset read with ``tfds.data_source`` (random
+  access, no TensorFlow). A dataset prepared in another format (tfrecord) gets a
+  ``ValueError`` that says how to convert it.
+
+Every image becomes RGB uint8 (``to_rgb_uint8``): greyscale (L, 1-channel) is
+replicated to three channels; an alpha channel (LA, RGBA, PA) is dropped, *not*
+composited, so a transparent region keeps the colour stored under it; palette
+images (P) are looked up in their palette; 16-bit images keep their top 8 bits;
+other modes (CMYK, YCbCr, 1-bit) go through PIL's conversion to RGB; JPEG EXIF
+orientation is applied. Anything else (a corrupt file, a 5-channel array) raises
+a ``ValueError`` naming the image.
+
+Training (``train_dataset``): the images are split between hosts (host i of n
+takes images i, i + n, ...: ``grain.sharding.ShardByJaxProcess``), shuffled
+with a new permutation each epoch, cropped at a uniformly random position to
+``crop_size`` x ``crop_size``, flipped left-right with probability 1/2, and
+batched to ``batch_size / num_hosts`` crops per host. An image smaller than the
+crop is first extended by mirror padding (``np.pad(mode='symmetric')``, bottom
+and right, repeated as often as needed, so a 1x1 image works too). Mirroring,
+not upscaling, because upscaling would blur the image and teach the model that
+photos are smoother (cheaper) than they are; a mirrored border keeps the local
+pixel statistics.
+
+Every random choice is a function of (config.seed, host index, position in the
+stream), so the stream is reproducible, and the iterator's state (one integer
+per host) is saved with each checkpoint (``grain.checkpoint.CheckpointHandler``):
+a resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+import os
+from collections.abc import Sequence
+
+import grain
+import ml_collections
+import numpy as np
+from absl import flags
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SOURCES = ("folder", "tfds")
+
+
+# --------------------------------------------------------------------------- #
+# Images -> RGB uint8.
+# --------------------------------------------------------------------------- #
+
+
+def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
+  """A PIL image or an array -> (H, W, 3) uint8 RGB (see the module docstring).
+
+  Args:
+    image: ``PIL.Image.Image``, or an array (H, W), (H, W, 1), (H, W, 2) (grey +
+      alpha), (H, W, 3) or (H, W, 4) (RGBA) of uint8 or uint16 (top 8 bits kept).
+    name: how the image is called in error messages (its path, for example).
+
+  Returns:
+    A C-contiguous (H, W, 3) uint8 array.
+  """
+  if isinstance(image, Image.Image):
+    return _pil_to_rgb_uint8(image, name)
+  array = np.asarray(image)
+  if array.dtype == np.uint16:
+    array = (array >> 8).astype(np.uint8)
+  if array.dtype != np.uint8:
+    raise ValueError(f"{name}: expected uint8 or uint16 pixels, got {array.dtype}.")
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+    raise ValueError(f"{name}: expected an image (H, W) or (H, W, 1|2|3|4), got "
+                     f"shape {array.shape}.")
+  if array.shape[0] < 1 or array.shape[1] < 1:
+    raise ValueError(f"{name}: empty image of shape {array.shape}.")
+  channels = array.shape[-1]
+  if channels <= 2:  # grey (+ alpha): replicate grey, drop alpha
+    array = np.repeat(array[..., :1], 3, axis=-1)
+  elif channels == 4:  # RGBA: drop alpha
+    array = array[..., :3]
+  return np.ascontiguousarray(array)
+
+
+def _pil_to_rgb_uint8(image: Image.Image, name: str) -> np.ndarray:
+  mode = image.mode
+  if mode in ("RGB", "L", "LA", "RGBA"):
+    return to_rgb_uint8(np.asarray(image), name)
+  if mode.startswith("I;16") or mode == "I":
+    # 16-bit greyscale (PNG); PIL's own conversion would clip at 255 instead of
+    # scaling. 'I' is how older PIL versions open 16-bit PNGs.
+    array = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+    return to_rgb_uint8(array.astype(np.uint8), name)
+  if mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")  # palette with transparency: look up, drop alpha
+  return to_rgb_uint8(np.asarray(image.convert("RGB")), name)
+
+
+def load_image(path: str) -> np.ndarray:
+  """Decodes the image file at ``path`` to (H, W, 3) uint8 RGB."""
+  try:
+    with Image.open(path) as opened:
+      # Camera JPEGs: apply the EXIF rotation (a copy; None-safe since PIL 9.4).
+      return to_rgb_uint8(ImageOps.exif_transpose(opened), path)
+  except (OSError, SyntaxError) as e:  # PIL raises these for unreadable files
+    raise ValueError(f"Cannot decode image {path!r}: {e}") from e
+
+
+def list_images(directory: str) -> list[str]:
+  """Sorted paths of the PNG/JPEG files under ``directory``, recursively."""
+  if not directory:
+    raise ValueError("No image directory given (data.train_dir / data.val_dir is "
+                     "empty).")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"Image directory {directory!r} does not exist.")
+  paths = []
+  for root, _, files in os.walk(directory, followlinks=True):
+    paths.extend(os.path.join(root, f) for f in files
+                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  paths.sort()  # one order on every host and file system
+  if not paths:
+    raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                     f"{directory!r}.")
+  return paths
+
+
+class ImageFolderSource(Sequence):
+  """Random-access source over the images of a folder: [i] -> (H, W, 3) uint8."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.paths = list_images(directory)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    return load_image(self.paths[index])
+
+  def __repr__(self) -> str:
+    return f"ImageFolderSource({self.directory!r}, {len(self)} images)"
+
+
+# --------------------------------------------------------------------------- #
+# TFDS.
+# --------------------------------------------------------------------------- #
+
+
+def _array_record_help(name: str, data_dir: str | None) -> str:
+  where = f", data_dir={data_dir!r}" if data_dir else ""
+  return (
+      "tfds.data_source needs the array_record file format (random access, no "
+      "TensorFlow). Convert the prepared dataset with\n"
+      "  tfds convert_format --dataset_dir=<dir of the dataset> "
+      "--out_file_format=array_record\n"
+      "or prepare it again in that format:\n"
+      f"  tfds build {name} --file_format=array_record\n"
+      f"  tfds.builder({name!r}{where}).download_and_prepare("
+      "file_format='array_record')")
+
+
+def tfds_source(name: str, split: str = "train", data_dir: str | None = None,
+                image_key: str = "image") -> grain.MapDataset:
+  """A prepared array_record TFDS dataset as a MapDataset of (H, W, 3) uint8.
+
+  Args:
+    name: TFDS name, optionally with config and version ('name/config:1.0.0').
+    split: TFDS split spec, e.g. 'train' or 'train[:90%]'.
+    data_dir: where the dataset is prepared (None: TFDS's default).
+    image_key: the image feature of each example.
+
+  Raises:
+    ValueError: the dataset is not prepared, not in array_record format, or has
+      no feature ``image_key``.
+  """
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - slow import, only for tfds
+  from tensorflow_datasets.core import file_adapters  # noqa: PLC0415
+
+  data_dir = data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError and friends
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"TFDS dataset {name!r} not found (data_dir={data_dir!r}): "
+                     f"{first_line}") from e
+  if not builder.is_prepared():
+    raise ValueError(
+        f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. Prepare it "
+        f"first (training never downloads):\n" + _array_record_help(name, data_dir))
+  formats = builder.info.available_file_formats()
+  if not formats & file_adapters.FileFormat.with_random_access():
+    found = ", ".join(sorted(f.value for f in formats)) or "unknown"
+    raise ValueError(f"TFDS dataset {name!r} in {builder.data_dir!r} is stored as "
+                     f"{found}. " + _array_record_help(name, data_dir))
+  features = builder.info.features
+  if image_key not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r} (it has "
+                     f"{sorted(features.keys())}); set data.tfds_image_key.")
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except NotImplementedError as e:  # TFDS's own "no random access" error
+    raise ValueError(f"{e}\n" + _array_record_help(name, data_dir)) from e
+  label = f"{name}[{split}]"
+  return grain.MapDataset.source(source).map(
+      lambda example: to_rgb_uint8(example[image_key], label))
+
+
+# --------------------------------------------------------------------------- #
+# Crops.
+# --------------------------------------------------------------------------- #
+
+
+def pad_to_size(image: np.ndarray, size: int) -> np.ndarray:
+  """Mirror-pads (H, W, 3) at the bottom/right to at least size x size."""
+  h, w, _ = image.shape
+  ph, pw = max(size - h, 0), max(size - w, 0)
+  if ph == 0 and pw == 0:
+    return image
+  return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+
+
+def random_crop_flip(image: np.ndarray, crop_size: int,
+                     rng: np.random.Generator) -> np.ndarray:
+  """A uniformly placed crop_size^2 crop, flipped left-right with probability 1/2."""
+  image = pad_to_size(image, crop_size)
+  h, w, _ = image.shape
+  top = rng.integers(0, h - crop_size + 1)
+  left = rng.integers(0, w - crop_size + 1)
+  crop = image[top:top + crop_size, left:left + crop_size]
+  if rng.random() < 0.5:
+    crop = crop[:, ::-1]
+  return np.ascontiguousarray(crop)
+
+
+def center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
+  """The central crop_size^2 crop (mirror-padded first when the image is smaller)."""
+  image = pad_to_size(image, crop_size)
+  h, w, _ = image.shape
+  top, left = (h - crop_size) // 2, (w - crop_size) // 2
+  return np.ascontiguousarray(image[top:top + crop_size, left:left + crop_size])
+
+
+class RandomCropFlip(grain.transforms.RandomMap):
+  """grain transform: (H, W, 3) uint8 -> (crop, crop, 3) uint8, see above."""
+
+  def __init__(self, crop_size: int):
+    self.crop_size = crop_size
+
+  def random_map(self, element, rng: np.random.Generator):
+    return random_crop_flip(element, self.crop_size, rng)
+
+
+# --------------------------------------------------------------------------- #
+# Pipelines.
+# --------------------------------------------------------------------------- #
+
+
+def image_source(config: ml_collections.ConfigDict, split: str = "train"):
+  """The images of ``split`` ('train' or 'val') as a MapDataset, or None for a
+  'val' split that the config does not set."""
+  d = config.data
+  if d.source not in SOURCES:
+    raise ValueError(f"data.source={d.source!r}: expected one of {SOURCES}.")
+  if split == "val":
+    if d.val_dir:
+      return grain.MapDataset.source(ImageFolderSource(d.val_dir))
+    if d.source == "tfds" and d.get("tfds_val_split"):
+      return tfds_source(d.tfds_name, d.tfds_val_split, d.tfds_data_dir,
+                         d.tfds_image_key)
+    return None
+  if d.source == "folder":
+    return grain.MapDataset.source(ImageFolderSource(d.train_dir))
+  return tfds_source(d.tfds_name, d.tfds_split, d.tfds_data_dir, d.tfds_image_key)
+
+
+def shard_options(shard_index: int | None = None,
+                  shard_count: int | None = None) -> grain.sharding.ShardOptions:
+  """This host's shard: jax.process_index() of jax.process_count() by default."""
+  if shard_index is None or shard_count is None:
+    return grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  return grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True)
+
+
+def train_dataset(config: ml_collections.ConfigDict,
+                  shard: grain.sharding.ShardOptions | None = None,
+                  source: grain.MapDataset | None = None) -> grain.IterDataset:
+  """The endless training stream of this host.
+
+  Args:
+    config: uses data.*, crop_size, batch_size (global: the host gets
+      batch_size / shard_count) and seed.
+    shard: this host's shard (default: from jax.process_index/count).
+    source: images to use instead of ``image_source(config)`` (tests).
+
+  Returns:
+    An IterDataset whose elements are (batch_size / shard_count, crop_size,
+    crop_size, 3) uint8 arrays. ``iter(...)`` gives a checkpointable iterator.
+  """
+  shard = shard or shard_options()
+  if config.batch_size % shard.shard_count:
+    raise ValueError(f"batch_size={config.batch_size} cannot be split evenly over "
+                     f"{shard.shard_count} hosts.")
+  host_batch = config.batch_size // shard.shard_count
+  ds = image_source(config, "train") if source is None else source
+  per_host = len(ds) // shard.shard_count
+  if per_host == 0:
+    raise ValueError(f"{len(ds)} training images cannot be shared by "
+                     f"{shard.shard_count} hosts: each host needs at least one.")
+  # Host i takes images i, i + n, ... (drop_remainder: every host has an epoch of
+  # the same length, so hosts never wait on each other at epoch boundaries).
+  ds = ds[shard.shard_index:per_host * shard.shard_count:shard.shard_count]
+  # Same shuffle seed on every host (they hold disjoint images); shuffle before
+  # repeat gives a fresh permutation in every epoch.
+  ds = ds.shuffle(seed=config.seed % 2**32).repeat()
+  # Crop positions and flips: a separate stream per host, so that hosts do not
+  # crop their (different) images at the same positions.
+  crop_seed = int(np.random.SeedSequence([config.seed, shard.shard_index])
+                  .generate_state(1)[0])
+  ds = ds.random_map(RandomCropFlip(config.crop_size), seed=crop_seed)
+  d = config.data
+  # Batch after to_iter_dataset so that the prefetch buffer counts images, not
+  # batches (a paper batch is 32 x 384^2 x 3 bytes).
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(int(d.num_threads), 1),
+      prefetch_buffer_size=max(int(d.prefetch_buffer_size), 1)))
+  it = it.batch(host_batch, drop_remainder=True)
+  if d.num_workers > 0:
+    # grain's workers read absl flags; outside an absl app (a notebook, pytest)
+    # nothing has parsed them, and reading them would raise.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers)))
+  return it
+
+
+def eval_images(config: ml_collections.ConfigDict, source=None) -> np.ndarray | None:
+  """Center crops of the validation images: (N, crop, crop, 3) uint8, or None.
+
+  N = min(number of validation images, data.val_max_images); every host gets the
+  same crops (evaluation is small and needs no cross-host reduction).
+  """
+  ds = image_source(config, "val") if source is None else source
+  if ds is None:
+    return None
+  n = len(ds)
+  if config.data.val_max_images > 0:
+    n = min(n, int(config.data.val_max_images))
+  return np.stack([center_crop(ds[i], config.crop_size) for i in range(n)])

@@ -1,0 +1,338 @@
+"""Tests of m2t_jax/data.py: image conversion, folder and TFDS sources, crops,
+sharding, determinism and checkpointable iteration."""
+
+import io
+import json
+import os
+import shutil
+
+import grain
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from m2t_jax import configs, data
+
+CROP = 16
+
+
+def _config(**data_fields):
+  config = configs.get_config("m2t", "tiny")
+  config.crop_size = CROP
+  config.batch_size = 4
+  for k, v in data_fields.items():
+    config.data[k] = v
+  return config
+
+
+def _constant_images(n, size=(20, 24)):
+  """Image i is constant, colour (i, 100 + i, 200 - i): a crop tells its source."""
+  return [np.broadcast_to(np.array([i, 100 + i, 200 - i], np.uint8), (*size, 3)).copy()
+          for i in range(n)]
+
+
+def _source_index(crop):
+  """Which _constant_images image a crop (H, W, 3) came from."""
+  values = np.unique(crop.reshape(-1, 3), axis=0)
+  assert len(values) == 1, "a crop mixes images"
+  return int(values[0, 0])
+
+
+# --------------------------------------------------------------------------- #
+# Conversion to RGB uint8.
+# --------------------------------------------------------------------------- #
+
+
+def test_modes_become_rgb_uint8():
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  grey = rgb[..., 0]
+  alpha = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+
+  def check(image, expected):
+    out = data.to_rgb_uint8(image)
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out, expected)
+
+  grey3 = np.repeat(grey[..., None], 3, -1)
+  check(Image.fromarray(rgb), rgb)
+  check(Image.fromarray(grey), grey3)  # L: replicated
+  check(Image.fromarray(np.dstack([grey, alpha]), "LA"), grey3)  # alpha dropped
+  check(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), rgb)  # not composited
+  check(Image.fromarray(rgb).convert("CMYK"), np.asarray(
+      Image.fromarray(rgb).convert("CMYK").convert("RGB")))
+  check(Image.fromarray(grey.astype(np.uint16) * 257), grey3)  # 16 bit: top 8 bits
+  check(grey, grey3)
+  check(grey[..., None], grey3)
+  check(np.dstack([grey, alpha]), grey3)
+  check(np.dstack([rgb, alpha]), rgb)
+  check(rgb.astype(np.uint16) << 8, rgb)
+
+
+def test_palette_images_are_looked_up():
+  palette_image = Image.fromarray(np.arange(35, dtype=np.uint8).reshape(5, 7), "P")
+  palette = np.random.default_rng(1).integers(0, 256, (256, 3), dtype=np.uint8)
+  palette_image.putpalette(palette.tobytes())
+  out = data.to_rgb_uint8(palette_image)
+  np.testing.assert_array_equal(out, palette[np.arange(35).reshape(5, 7)])
+  palette_image.info["transparency"] = 3  # a transparent index: still its colour
+  np.testing.assert_array_equal(data.to_rgb_uint8(palette_image), out)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 4, 5), np.uint8), "expected an image"),
+    (np.zeros((4, 4, 3), np.float32), "expected uint8 or uint16"),
+    (np.zeros((0, 4, 3), np.uint8), "empty image"),
+])
+def test_bad_arrays_are_rejected(bad, message):
+  with pytest.raises(ValueError, match=message):
+    data.to_rgb_uint8(bad)
+
+
+# --------------------------------------------------------------------------- #
+# Crops.
+# --------------------------------------------------------------------------- #
+
+
+def test_crops_of_small_images_are_mirror_padded():
+  rng = np.random.default_rng(0)
+  small = rng.integers(0, 256, (5, 3, 3), dtype=np.uint8)
+  padded = data.pad_to_size(small, 16)
+  assert padded.shape == (16, 16, 3)
+  np.testing.assert_array_equal(padded[:5, :3], small)
+  np.testing.assert_array_equal(padded[5:10, :3], small[::-1])  # mirrored
+  for _ in range(20):
+    crop = data.random_crop_flip(small, 16, rng)
+    assert crop.shape == (16, 16, 3) and crop.dtype == np.uint8
+    assert set(map(tuple, crop.reshape(-1, 3))) <= set(map(tuple, small.reshape(-1, 3)))
+  one_pixel = np.full((1, 1, 3), 7, np.uint8)
+  assert (data.random_crop_flip(one_pixel, 16, rng) == 7).all()
+  assert data.center_crop(one_pixel, 16).shape == (16, 16, 3)
+
+
+def test_random_crops_cover_positions_and_flips():
+  image = np.arange(40 * 40 * 3, dtype=np.uint32).reshape(40, 40, 3).astype(np.uint8)
+  image = np.broadcast_to(np.arange(40, dtype=np.uint8)[None, :, None], (40, 40, 3))
+  rng = np.random.default_rng(0)
+  firsts = [data.random_crop_flip(image, 16, rng)[0, :, 0] for _ in range(200)]
+  lefts = {int(f[0]) for f in firsts if f[1] > f[0]}
+  flipped = [f for f in firsts if f[1] < f[0]]
+  assert len(lefts) > 15  # many horizontal positions
+  assert 60 < len(flipped) < 140  # about half flipped
+
+
+def test_center_crop():
+  image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(data.center_crop(image, 16), image[7:23, 12:28])
+
+
+# --------------------------------------------------------------------------- #
+# Folder source.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+  """Greyscale, RGBA, palette, 16-bit, tiny and JPEG images, some nested."""
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  (tmp_path / "nested" / "deeper").mkdir(parents=True)
+  Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+  Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA").save(tmp_path / "rgba.png")
+  Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(
+      tmp_path / "nested" / "palette.png")
+  Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+  Image.fromarray(rgb[:5, :3]).save(tmp_path / "nested" / "deeper" / "tiny.PNG")
+  Image.fromarray(rgb[:1, :1]).save(tmp_path / "one_pixel.png")
+  Image.fromarray(rgb).save(tmp_path / "nested" / "photo.JPG", quality=90)
+  Image.fromarray(rgb).save(tmp_path / "photo.jpeg", quality=90)
+  (tmp_path / "notes.txt").write_text("not an image")
+  return tmp_path
+
+
+def test_folder_source_lists_and_decodes_everything(mixed_folder):
+  source = data.ImageFolderSource(str(mixed_folder))
+  names = [os.path.relpath(p, mixed_folder) for p in source.paths]
+  assert names == ["grey.png", "grey16.png", os.path.join("nested", "deeper", "tiny.PNG"),
+                   os.path.join("nested", "palette.png"), os.path.join("nested", "photo.JPG"),
+                   "one_pixel.png", "photo.jpeg", "rgba.png"]
+  for i in range(len(source)):
+    image = source[i]
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+  grey = source[0]
+  assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
+def test_folder_training_batches(mixed_folder):
+  config = _config(train_dir=str(mixed_folder))
+  iterator = iter(data.train_dataset(config))
+  for _ in range(6):  # three epochs of the eight images
+    batch = next(iterator)
+    assert batch.shape == (4, CROP, CROP, 3) and batch.dtype == np.uint8
+
+
+def test_empty_or_missing_folder_gives_a_clear_error(tmp_path):
+  (tmp_path / "empty" / "sub").mkdir(parents=True)
+  (tmp_path / "empty" / "sub" / "readme.txt").write_text("no images here")
+  with pytest.raises(ValueError, match="No images .* found under"):
+    data.train_dataset(_config(train_dir=str(tmp_path / "empty")))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.train_dataset(_config(train_dir=str(tmp_path / "missing")))
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+  source = data.ImageFolderSource(str(tmp_path))
+  with pytest.raises(ValueError, match="broken.png"):
+    source[0]
+
+
+def test_eval_images_are_center_crops(mixed_folder):
+  config = _config(val_dir=str(mixed_folder), val_max_images=5)
+  images = data.eval_images(config)
+  assert images.shape == (5, CROP, CROP, 3) and images.dtype == np.uint8
+  assert data.eval_images(_config()) is None  # no validation set configured
+
+
+# --------------------------------------------------------------------------- #
+# Determinism, checkpointing, sharding.
+# --------------------------------------------------------------------------- #
+
+
+def _stream(config, n, shard=None, state=None):
+  source = grain.MapDataset.source(_constant_images(10))
+  iterator = iter(data.train_dataset(config, shard=shard, source=source))
+  if state is not None:
+    iterator.set_state(state)
+  return [next(iterator) for _ in range(n)], iterator
+
+
+def test_stream_is_seeded_and_resumable():
+  config = _config()
+  batches, _ = _stream(config, 8)
+  again, _ = _stream(config, 8)
+  for a, b in zip(batches, again, strict=True):
+    np.testing.assert_array_equal(a, b)
+  _, iterator = _stream(config, 3)
+  state = iterator.get_state()
+  json.dumps(state)  # what the checkpoint stores
+  resumed, _ = _stream(config, 5, state=state)
+  for a, b in zip(batches[3:], resumed, strict=True):
+    np.testing.assert_array_equal(a, b)
+  config.seed = 1
+  other, _ = _stream(config, 8)
+  assert any(not np.array_equal(a, b) for a, b in zip(batches, other, strict=True))
+
+
+def test_epochs_visit_every_image_once_in_a_new_order():
+  config = _config()
+  config.batch_size = 5
+  batches, _ = _stream(config, 4)  # 2 epochs of 10 images
+  order = [_source_index(crop) for batch in batches for crop in batch]
+  assert sorted(order[:10]) == sorted(order[10:]) == list(range(10))
+  assert order[:10] != order[10:]
+
+
+def test_hosts_read_disjoint_shards():
+  config = _config()
+  seen = []
+  for index in range(2):
+    shard = data.shard_options(index, 2)
+    batches, _ = _stream(config, 5, shard=shard)  # 2 crops per host and step
+    assert all(b.shape == (2, CROP, CROP, 3) for b in batches)
+    seen.append({_source_index(crop) for batch in batches for crop in batch})
+  assert seen[0] == {0, 2, 4, 6, 8} and seen[1] == {1, 3, 5, 7, 9}
+  with pytest.raises(ValueError, match="cannot be split evenly over 3 hosts"):
+    _stream(config, 1, shard=data.shard_options(0, 3))
+
+
+def test_grain_worker_processes():
+  config = _config(num_workers=1)
+  config.data.train_dir = "unused"
+  workers, _ = _stream(config, 3)
+  config.data.num_workers = 0
+  in_process, _ = _stream(config, 3)
+  for a, b in zip(workers, in_process, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- #
+# TFDS (a real builder, array_record, no TensorFlow).
+# --------------------------------------------------------------------------- #
+
+
+class M2tTestImages(tfds.core.GeneratorBasedBuilder):
+  """Six constant-colour images of different sizes, two of them greyscale."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "index": tfds.features.Scalar(np.int64)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(range(6)),
+            "validation": self._generate_examples(range(6, 8))}
+
+  def _generate_examples(self, indices):
+    images = _constant_images(8, size=(9, 30))  # smaller than a crop in height
+    for i in indices:
+      # PNG bytes: tfds encodes arrays with TensorFlow, but takes encoded files.
+      buffer = io.BytesIO()
+      Image.fromarray(images[i]).save(buffer, format="PNG")
+      yield i, {"image": buffer.getvalue(), "index": i}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  builder = M2tTestImages(data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(file_format="array_record")
+  return data_dir
+
+
+def test_tfds_source_reads_array_record(tfds_dir):
+  source = data.tfds_source("m2t_test_images", "train", tfds_dir)
+  raw = tfds.data_source("m2t_test_images", split="train", data_dir=tfds_dir)
+  assert len(source) == 6
+  for i in range(6):
+    image = source[i]
+    assert image.shape == (9, 30, 3) and image.dtype == np.uint8
+    assert _source_index(image) == raw[i]["index"]  # TFDS stores them shuffled
+  assert sorted(_source_index(source[i]) for i in range(6)) == list(range(6))
+  config = _config(source="tfds", tfds_name="m2t_test_images", tfds_data_dir=tfds_dir,
+                   tfds_val_split="validation")
+  config.batch_size = 3
+  iterator = iter(data.train_dataset(config))
+  batches = [next(iterator) for _ in range(4)]
+  for batch in batches:
+    assert batch.shape == (3, CROP, CROP, 3) and batch.dtype == np.uint8
+  order = [_source_index(crop) for batch in batches for crop in batch]
+  assert sorted(order[:6]) == sorted(order[6:]) == list(range(6))
+  val = data.eval_images(config)
+  assert val.shape == (2, CROP, CROP, 3)
+  assert sorted(_source_index(v) for v in val) == [6, 7]
+
+
+def test_tfds_errors_say_what_to_do(tfds_dir, tmp_path):
+  with pytest.raises(ValueError, match="no feature 'picture'"):
+    data.tfds_source("m2t_test_images", "train", tfds_dir, image_key="picture")
+  with pytest.raises(ValueError, match="is not prepared"):
+    data.tfds_source("m2t_test_images", "train", str(tmp_path / "elsewhere"))
+  # The same dataset, declared as tfrecord (TFDS cannot write tfrecord without
+  # TensorFlow): the error explains the conversion.
+  tfrecord_dir = tmp_path / "tfrecord"
+  shutil.copytree(tfds_dir, tfrecord_dir)
+  info_path = tfrecord_dir / "m2t_test_images" / "1.0.0" / "dataset_info.json"
+  info = json.loads(info_path.read_text())
+  info["fileFormat"] = "tfrecord"
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError) as e:
+    data.tfds_source("m2t_test_images", "train", str(tfrecord_dir))
+  text = str(e.value)
+  assert "stored as tfrecord" in text
+  assert "tfds convert_format" in text and "--out_file_format=array_record" in text
+  assert "download_and_prepare(file_format='array_record')" in text

@@ -1,0 +1,367 @@
+"""Tests of m2t_jax/train.py: config checks, schedule, skipped steps, and real
+training runs in subprocesses (two pmap devices, SIGKILL/SIGTERM resume, two
+processes with jax.distributed).
+
+The subprocesses share one persistent compilation cache, so only the first run
+of each device topology pays for XLA compilation. The tiny config's crop is set
+to 64 = 16 * patch_size (its 32 is not a whole latent patch, which training rejects).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import flax.jax_utils
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from m2t_jax import configs, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 60  # shared by the subprocess runs so that they share compilations
+
+
+# --------------------------------------------------------------------------- #
+# Fixtures and helpers.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  """scikit-image's astronaut, coffee and chelsea as PNG files."""
+  import skimage.data  # noqa: PLC0415
+  folder = tmp_path_factory.mktemp("photos")
+  for name in ("astronaut", "coffee", "chelsea"):
+    Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.png")
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _env(compile_cache, devices=2):
+  env = dict(os.environ)
+  env.update({
+      "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
+      "JAX_PLATFORMS": "cpu",
+      # Must be set before JAX initialises: hence subprocesses.
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "JAX_COMPILATION_CACHE_DIR": compile_cache,
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  })
+  return env
+
+
+def _train_cmd(workdir, photos, *overrides):
+  return [sys.executable, "-m", "m2t_jax.train",
+          "--config=m2t_jax/configs/m2t.py:tiny", f"--workdir={workdir}",
+          "--config.crop_size=64", f"--config.num_steps={NUM_STEPS}",
+          "--config.lmbda_warmup_factor=1.0",  # constant lambda: losses comparable
+          f"--config.data.train_dir={photos}", *overrides]
+
+
+def _run(cmd, env, timeout=300):
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _records(workdir, kind="train"):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = f.readlines()
+  records = []
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # a line being written right now
+      continue
+  return [r for r in records if r["type"] == kind]
+
+
+def _checkpoints(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _wait_for(predicate, proc, timeout=240, what=""):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"Process ended (rc {proc.returncode}) before {what}:\n"
+                           f"{proc.stderr.read()[-4000:]}")
+    time.sleep(0.01)
+  proc.kill()
+  raise AssertionError(f"Timed out waiting for {what}.")
+
+
+def _tiny(**overrides):
+  config = configs.get_config("m2t", "tiny")
+  config.crop_size = 64
+  config.data.train_dir = "/nonexistent"
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+# --------------------------------------------------------------------------- #
+# In-process: config checks, schedule, skipped steps.
+# --------------------------------------------------------------------------- #
+
+
+def test_valid_config_passes():
+  train.validate_training_config(_tiny(), num_devices=2, num_processes=1)
+  paper = configs.get_config("m2t", "paper")
+  paper.data.train_dir = "/data"
+  train.validate_training_config(paper, num_devices=8, num_processes=2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=3), "batch_size=3 cannot be split evenly over 2 devices"),
+    (dict(crop_size=32), "crop_size=32 must be a positive multiple of 16 * patch_size = 64"),
+    (dict(crop_size=96), "crop_size=96 must be a positive multiple"),
+    (dict(num_steps=0), "num_steps=0 must be >= 1"),
+    (dict(lr_drop_fraction=0.0), "lr_drop_fraction=0.0 must be in (0, 1]"),
+    (dict(checkpoint_every=0), "checkpoint_every=0 must be >= 1"),
+    (dict(model="mt", crop_size=48), "crop_size=48 must be a positive multiple"),
+])
+def test_impossible_settings_fail_with_clear_messages(change, message):
+  with pytest.raises(ValueError) as e:
+    train.validate_training_config(_tiny(**change), num_devices=2, num_processes=1)
+  assert message in str(e.value)
+
+
+def test_data_settings_are_checked():
+  config = _tiny()
+  config.data.train_dir = ""
+  with pytest.raises(ValueError, match="needs data.train_dir"):
+    train.validate_training_config(config, num_devices=1, num_processes=1)
+  config.data.source = "tfds"
+  with pytest.raises(ValueError, match="needs data.tfds_name"):
+    train.validate_training_config(config, num_devices=1, num_processes=1)
+  config.data.source = "webdataset"
+  with pytest.raises(ValueError, match="data.source='webdataset' must be one of"):
+    train.validate_training_config(config, num_devices=1, num_processes=1)
+
+
+def test_all_errors_are_reported_together():
+  config = _tiny(batch_size=3, crop_size=40)
+  config.transformer.num_heads = 3  # d_model 32 is not divisible by 3
+  with pytest.raises(ValueError) as e:
+    train.validate_training_config(config, num_devices=2, num_processes=1)
+  text = str(e.value)
+  assert "batch_size=3" in text and "crop_size=40" in text and "num_heads=3" in text
+
+
+def test_learning_rate_schedule():
+  config = _tiny(learning_rate=1e-3, warmup_steps=10, num_steps=100, lr_drop_fraction=0.9)
+  lr = lambda s: float(train.learning_rate_at_step(config, s))
+  assert lr(0) == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
+  assert lr(4) == pytest.approx(5e-4)
+  assert lr(9) == pytest.approx(1e-3)
+  assert lr(50) == pytest.approx(1e-3)
+  assert lr(89) == pytest.approx(1e-3)
+  assert lr(90) == pytest.approx(1e-4)  # / 10 at 90%
+  assert lr(99) == pytest.approx(1e-4)
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+  # A smaller model than tiny (one residual block, one layer) to compile fast.
+  config = _tiny(batch_size=1)
+  config.elic.num_res_blocks = 1
+  config.transformer.num_layers = 1
+  state = train.create_train_state(config)
+  step = jax.pmap(train.make_train_step(config), axis_name=train.AXIS,
+                  in_axes=(0, 0, None))
+  replicated = flax.jax_utils.replicate(state, axis_name=train.AXIS)
+  key = jax.random.PRNGKey(0)
+  images = np.random.default_rng(0).uniform(0, 255, (1, 1, 64, 64, 3)).astype(np.float32)
+  bad = images.copy()
+  bad[0, 0, 3, 5, 1] = np.nan
+  after_bad, metrics = step(replicated, bad, key)
+  host = jax.device_get(jax.tree.map(lambda x: x[0], after_bad))
+  assert not bool(metrics["finite"][0])
+  assert int(host.step) == 1 and int(host.num_skipped) == 1
+  for a, b in zip(jax.tree.leaves(host.params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(host.opt_state), jax.tree.leaves(state.opt_state),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  after_good, metrics = step(after_bad, images, key)
+  host = jax.device_get(jax.tree.map(lambda x: x[0], after_good))
+  assert bool(metrics["finite"][0])
+  assert int(host.step) == 2 and int(host.num_skipped) == 1
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(host.params), jax.tree.leaves(state.params), strict=True)]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(host.params))
+  assert sum(changed) > 0.9 * len(changed)
+
+
+# --------------------------------------------------------------------------- #
+# Subprocesses: real training runs.
+# --------------------------------------------------------------------------- #
+
+
+def test_cli_rejects_impossible_config_at_start(tmp_path, photos, compile_cache):
+  proc = subprocess.run(
+      _train_cmd(tmp_path / "w", photos, "--config.batch_size=3"), cwd=REPO,
+      env=_env(compile_cache), capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "batch_size=3 cannot be split evenly over 2 devices" in proc.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, photos, compile_cache):
+  """NUM_STEPS steps of the tiny config on two devices, in one go."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+  proc = _run(_train_cmd(workdir, photos, "--config.log_every=1",
+                         f"--config.data.val_dir={photos}",
+                         f"--config.checkpoint_every={NUM_STEPS}"),
+              _env(compile_cache))
+  return workdir, proc.stderr
+
+
+def test_tiny_training_on_two_devices_reduces_the_loss(uninterrupted_run):
+  workdir, stderr = uninterrupted_run
+  assert "on 2 device(s), 1 host(s)" in stderr
+  records = _records(workdir)
+  assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
+  losses = np.array([r["loss"] for r in records])
+  assert np.isfinite(losses).all()
+  first, last = losses[:10].mean(), losses[-10:].mean()
+  assert last < 0.75 * first, (first, last)
+  assert all(r["nonfinite_steps"] == 0 for r in records)
+  for key in ("bpp", "psnr", "lmbda", "lr", "grad_norm", "steps_per_sec", "eta_s"):
+    assert np.isfinite(records[-1][key]), key
+  (evaluation,) = _records(workdir, "eval")
+  assert evaluation["step"] == NUM_STEPS and evaluation["num_images"] == 3
+  assert 0 < evaluation["bpp"] < 10 and 0 < evaluation["psnr"] < 60
+  assert _checkpoints(workdir) == [NUM_STEPS]
+  # The codec's export of the final parameters.
+  params = train.load_checkpoint(workdir)["params"]
+  with np.load(os.path.join(workdir, "model", "params.npz")) as exported:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    assert sorted(exported.files) == sorted("/".join(k.key for k in p) for p, _ in flat)
+    for p, value in flat:
+      np.testing.assert_array_equal(exported["/".join(k.key for k in p)], value)
+  assert os.path.isfile(os.path.join(workdir, "model", "config.json"))
+
+
+def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path, photos, compile_cache,
+                                                   uninterrupted_run):
+  env = _env(compile_cache)
+  # A: uninterrupted (evaluation does not touch the training state).
+  run_a, _ = uninterrupted_run
+
+  # B: checkpoints every 10 steps; SIGKILL once the one at step 10 exists.
+  run_b = str(tmp_path / "b")
+  cmd_b = _train_cmd(run_b, photos, "--config.log_every=1", "--config.checkpoint_every=10")
+  proc = subprocess.Popen(cmd_b, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: 10 in _checkpoints(run_b), proc, what="checkpoint 10")
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = _checkpoints(run_b)
+  assert killed_at and max(killed_at) < NUM_STEPS, killed_at
+
+  # B, resumed, then preempted with SIGTERM a few steps later: it must save
+  # where it is and exit with status 0.
+  resume_from = max(killed_at)
+  lines_before = len(_records(run_b))
+  proc = subprocess.Popen(cmd_b, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: any(r["step"] >= resume_from + 3
+                        for r in _records(run_b)[lines_before:]),
+            proc, what="steps after the resume")
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-4000:]
+  assert f"Resumed from the checkpoint at step {resume_from}" in stderr
+  assert "Preemption (SIGTERM)" in stderr
+  preempted_at = max(_checkpoints(run_b))
+  assert resume_from + 3 <= preempted_at < NUM_STEPS, (resume_from, preempted_at)
+
+  # B, resumed again, to the end.
+  proc = _run(cmd_b, env)
+  assert f"Resumed from the checkpoint at step {preempted_at}" in proc.stderr
+
+  a = train.load_checkpoint(run_a, NUM_STEPS)
+  b = train.load_checkpoint(run_b, NUM_STEPS)
+  assert int(a["step"]) == int(b["step"]) == NUM_STEPS
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b, strict=True):
+    assert np.array_equal(x, y)  # params, optimizer state, counters: bitwise
+  # The same data and noise at every step: identical per-step losses.
+  loss_a = {r["step"]: r["loss"] for r in _records(run_a)}
+  loss_b = {r["step"]: r["loss"] for r in _records(run_b)}  # later lines win
+  assert loss_a == loss_b
+  assert sorted(_checkpoints(run_b))[-1] == NUM_STEPS
+  assert len(_checkpoints(run_b)) <= 3  # keep_checkpoints
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed(tmp_path, photos, compile_cache):
+  """Two hosts on this machine (one CPU device each, gloo collectives), stopped
+  by SIGTERM as a scheduler would: both reach JAX's preemption sync point, save
+  one checkpoint together and exit with status 0."""
+  workdir = str(tmp_path / "multi")
+  env = _env(compile_cache, devices=1)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      # A smaller model than tiny (one residual block, one layer): two processes
+      # compile at the same time on a 2-core machine.
+      _train_cmd(workdir, photos, "--config.num_steps=100000", "--config.log_every=1",
+                 "--config.elic.num_res_blocks=1", "--config.transformer.num_layers=1",
+                 "--config.checkpoint_every=3", f"--coordinator_address=localhost:{port}",
+                 "--num_processes=2", f"--process_id={i}"),
+      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  _wait_for(lambda: len(_records(workdir)) >= 7, procs[0], what="7 steps")
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=120)[1] for p in procs]
+  for p, err in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-4000:]
+    assert "Preemption (SIGTERM): saved the checkpoint" in err
+  assert "on 2 device(s), 2 host(s)" in outputs[0]
+  assert "process 1 of 2" in outputs[1]
+  records = _records(workdir)  # written by host 0 only
+  last = records[-1]["step"]
+  assert [r["step"] for r in records] == list(range(1, last + 1))
+  assert all(np.isfinite(r["loss"]) for r in records)
+  checkpoints = _checkpoints(workdir)
+  # Every 3 steps, plus the preemption's; the last keep_checkpoints=3 kept.
+  assert checkpoints[-1] == last and len(checkpoints) == 3
+  assert all(c % 3 == 0 for c in checkpoints[:-1])
+  data_dir = os.path.join(workdir, "checkpoints", str(last), "data")
+  states = sorted(f for f in os.listdir(data_dir) if f.endswith(".json"))
+  assert states == ["process_0-of-2.json", "process_1-of-2.json"]
+  # Each host consumed one batch of its own shard per step (one crop each).
+  for name in states:
+    with open(os.path.join(data_dir, name)) as f:
+      assert json.load(f)["next_index"] == last
