@@ -7,6 +7,9 @@ setup(
     version="0.1.0",
     description="M2T: Masking Transformers Twice for Faster Decoding, in JAX/Flax",
     packages=find_packages(include=["m2t_jax", "m2t_jax.*"]),
+    # Shipped models: manifest.json and one folder (config.json, params.npz) each.
+    package_data={"m2t_jax": ["models/manifest.json", "models/*/config.json",
+                              "models/*/params.npz"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35", "flax>=0.10", "optax>=0.2.3", "orbax-checkpoint>=0.10",

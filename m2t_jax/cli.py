@@ -3,6 +3,7 @@
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
   m2t info FILE
+  m2t demo [--output DIR]
   m2t summary CONFIG [SIZE]
   m2t eval (--images DIR | --tfds NAME:SPLIT) (--checkpoint DIR [DIR ...] | --config SPEC)
            --output results.json
@@ -10,8 +11,9 @@
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
 of decompress is written as PNG. ``--checkpoint`` names a folder written by
-``Codec.save``; without it the shipped model is used (none ships yet: use
-``--config m2t:tiny`` for a randomly initialised model, for trying the pipeline).
+``Codec.save``, or the name of a shipped model ('m2t', 'mt'); without it the
+default shipped model is used. ``--config m2t:tiny`` gives a randomly initialised
+model instead, for trying the pipeline.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
@@ -48,6 +50,11 @@ def _decompress(args):
   image = _codec(args).decompress(data)
   images.write_png(args.output, image)
   print(f"{args.input} -> {args.output}: {image.shape[1]}x{image.shape[0]}")
+
+
+def _demo(args):
+  from m2t_jax import demo
+  demo.main(args.output)
 
 
 def _info(args):
@@ -115,6 +122,9 @@ def _parser():
                    help="random model from a config, e.g. m2t:tiny (testing only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
     p.set_defaults(func=func)
+  p = sub.add_parser("demo", help="shipped models on sample photos, beside JPEG and WebP")
+  p.add_argument("--output", default="m2t_demo", help="output folder")
+  p.set_defaults(func=_demo)
   p = sub.add_parser("info", help="print the header of a .m2t file")
   p.add_argument("input")
   p.set_defaults(func=_info)

@@ -90,14 +90,17 @@ class Codec:
 
   @classmethod
   def load(cls, path: str | None = None) -> "Codec":
-    """A trained model: a folder written by ``save`` (config.json + params).
+    """A trained model.
 
-    ``None`` would be the model shipped in the package; none ships yet.
+    path: a folder written by ``save`` (config.json + params.npz); or None for
+      the default model shipped in the package; or the name of a shipped model
+      ('m2t', 'mt', or a name from ``m2t_jax/models/manifest.json``).
+    Raises FileNotFoundError when there is no such model.
     """
-    if path is None:
-      raise FileNotFoundError(
-          "No trained model ships with this version of m2t_jax yet; pass the path of "
-          "a folder written by Codec.save (or train one: python -m m2t_jax.train).")
+    if path is None or not os.path.isdir(path):
+      from m2t_jax import shipped  # noqa: PLC0415
+      if path is None or path in ("m2t", "mt") or path in shipped.names():
+        path = shipped.resolve(path)
     return cls(*load_params(path))
 
   def save(self, path: str) -> None:
@@ -312,12 +315,16 @@ class Codec:
 
 
 # --- parameters on disk --------------------------------------------------------
-def save_params(path: str, config, params) -> None:
-  """Folder with config.json and params.npz (flattened '/'-joined keys)."""
+def save_params(path: str, config, params, dtype=None) -> None:
+  """Folder with config.json and params.npz (flattened '/'-joined keys).
+
+  dtype: storage type of the parameters (e.g. np.float16 to halve the size);
+  ``load_params`` always returns float32.
+  """
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(ml_collections.ConfigDict(config).to_dict(), f, indent=1, sort_keys=True)
-  flat = {"/".join(str(k.key) for k in p): np.asarray(v)
+  flat = {"/".join(str(k.key) for k in p): np.asarray(v, dtype=dtype)
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   np.savez(os.path.join(path, "params.npz"), **flat)
 
@@ -338,7 +345,7 @@ def load_params(path: str):
       *parents, leaf = key.split("/")
       for p in parents:
         node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(flat[key])
+      node[leaf] = jnp.asarray(flat[key], jnp.float32)
   expected = jax.eval_shape(lambda: model_lib.init_params(config, 0, image_size=16))
   if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(params):
     raise ValueError(f"The parameters in {path!r} do not match its config.json.")

@@ -427,6 +427,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Training %s/%s on %d device(s), %d host(s); workdir %s",
                config.model, config.size, jax.device_count(), jax.process_count(),
                workdir)
+  if chief:  # the config of the run, for exporting any of its checkpoints later
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=1, sort_keys=True)
 
   model = model_lib.build_model(config)
   optimizer = make_optimizer(config)

@@ -1,0 +1,83 @@
+"""Ship a trained model inside the package (m2t_jax/models) with its manifest entry.
+
+  python experiments/ship_model.py --workdir /tmp/train/m2t_small \
+      --name m2t-small-l0.0025 --val-dir VAL_DIR --data "photos 001-034" \
+      --hours 1.1 --device "2-core CPU" [--default]
+
+Takes the latest checkpoint of a training workdir (its config.json and orbax
+checkpoint), stores the parameters as float16 (codec.save_params), loads them
+back exactly as ``Codec.load`` does, and measures the validation images with real
+bytes (``evaluate.evaluate_image``): per-image and mean bpp and PSNR go into the
+manifest, with the same figures for scikit-image's sample photos (for the
+regression test) and the fingerprint of the shipped parameters.
+"""
+
+import argparse
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from m2t_jax import codec as codec_lib
+from m2t_jax import evaluate, shipped, train
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--name", required=True)
+  parser.add_argument("--val-dir", required=True)
+  parser.add_argument("--data", default="")
+  parser.add_argument("--hours", type=float, default=None)
+  parser.add_argument("--device", default="")
+  parser.add_argument("--default", action="store_true")
+  args = parser.parse_args(argv)
+
+  with open(os.path.join(args.workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  state = train.load_checkpoint(args.workdir)
+  folder = args.name.replace(".", "_")
+  path = os.path.join(shipped.MODELS_DIR, folder)
+  codec_lib.save_params(path, config, state["params"], dtype=np.float16)
+  codec = codec_lib.Codec.load(path)
+  items = evaluate.folder_images(args.val_dir)
+  per_image = {}
+  for item in items:
+    record = evaluate.evaluate_image(codec, item.load())
+    per_image[item.name] = {k: record[k] for k in ("height", "width", "bpp", "estimated_bpp",
+                                                   "psnr-rgb", "ms-ssim-rgb", "decoding_time")}
+    print(item.name, per_image[item.name], flush=True)
+  # Reference figures on photos that ship with scikit-image, for the regression
+  # test of the shipped model (tests/test_shipped.py), which cannot read VAL_DIR.
+  from m2t_jax import demo
+  samples = {}
+  for name, image in demo.sample_images():
+    record = evaluate.evaluate_image(codec, image)
+    samples[name] = {k: record[k] for k in ("bpp", "estimated_bpp", "psnr-rgb")}
+    print(name, samples[name], flush=True)
+  entry = {
+      "kind": config.model, "size": config.size, "lmbda": config.lmbda,
+      "training_steps": int(state["step"]), "training_hours": args.hours,
+      "device": args.device, "data": args.data, "folder": folder,
+      "validation": {
+          "images": sorted(per_image),
+          "bpp": float(np.mean([r["bpp"] for r in per_image.values()])),
+          "psnr": float(np.mean([r["psnr-rgb"] for r in per_image.values()])),
+          "per_image": per_image},
+      "samples": samples,
+      "fingerprint": codec.fingerprint.hex(),
+  }
+  manifest = shipped.manifest()
+  manifest.setdefault("models", {})[args.name] = entry
+  if args.default or not manifest.get("default"):
+    manifest["default"] = args.name
+  with open(shipped.MANIFEST, "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+  print(json.dumps({k: v for k, v in entry.items() if k != "validation"}, indent=1))
+  print("validation:", entry["validation"]["bpp"], "bpp", entry["validation"]["psnr"], "dB")
+
+
+if __name__ == "__main__":
+  main()
