@@ -13,7 +13,9 @@ warm-up call (compile time is reported separately), medians over --repeats:
   coding_s           table building + range decoding inside full_decode_s
   synthesis_s        the ELIC synthesis and crop
   compile_s          first decompress minus a warm one
-  peak_rss_mb        peak resident memory of this process so far
+  peak_rss_mb        peak resident memory of this process so far (it also encoded)
+  decode_peak_rss_mb with --decode-rss: peak memory of a fresh process that only
+                     builds the codec and decodes the stream
 
 Writes JSON (--output), a markdown table (.md) and a PNG plot of decode time vs S
 (.png, when matplotlib is installed) beside it. Weights are random: decode time
@@ -103,7 +105,31 @@ def _mt_transformer_fn(codec, tokens):
   return run
 
 
-def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats: int):
+_DECODE_ONLY = """
+import resource, sys
+from m2t_jax import Codec, get_config
+config = get_config(sys.argv[1], sys.argv[2])
+config.schedule.num_steps = int(sys.argv[3])
+codec = Codec.from_config(config)
+codec.decompress(open(sys.argv[4], "rb").read())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def decode_peak_rss_mb(size, kind, steps, data) -> float:
+  """Peak RSS (MB) of a fresh process that builds the codec and decodes ``data``."""
+  import subprocess
+  import tempfile
+  with tempfile.NamedTemporaryFile(suffix=".m2t") as f:
+    f.write(data)
+    f.flush()
+    out = subprocess.run([sys.executable, "-c", _DECODE_ONLY, kind, size, str(steps), f.name],
+                         check=True, capture_output=True, text=True)
+  return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats: int,
+              decode_rss: bool = False):
   config = get_config(kind, size)
   config.schedule.num_steps = steps
   codec = Codec.from_config(config)
@@ -150,6 +176,8 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
     jax.block_until_ready(run())
     record["mt_transformer_s"] = _median_time(run, repeats)
   record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if decode_rss:
+    record["decode_peak_rss_mb"] = decode_peak_rss_mb(size, kind, steps, data)
   record["device"] = str(jax.devices()[0].device_kind)
   record["platform"] = jax.devices()[0].platform
   return record
@@ -165,7 +193,7 @@ def _any_pass(codec, params, tokens):
 def _markdown(records) -> str:
   cols = ["model", "steps", "image_size", "num_patches", "teacher_forced_s",
           "m2t_transformer_s", "mt_transformer_s", "full_decode_s", "coding_s",
-          "synthesis_s", "compile_s", "peak_rss_mb"]
+          "synthesis_s", "compile_s", "peak_rss_mb", "decode_peak_rss_mb"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in records:
     cells = []
@@ -210,13 +238,16 @@ def main(argv=None):
   parser.add_argument("--model", default="both", choices=["mt", "m2t", "both"])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--output", default="out/bench_decode.json")
+  parser.add_argument("--decode-rss", action="store_true",
+                      help="also measure a decode-only process's peak memory")
   args = parser.parse_args(argv)
   width, height = (int(v) for v in args.image_size.lower().split("x"))
   kinds = ["mt", "m2t"] if args.model == "both" else [args.model]
   records = []
   for steps in args.steps:
     for kind in kinds:
-      record = bench_one(args.config, kind, steps, width, height, args.repeats)
+      record = bench_one(args.config, kind, steps, width, height, args.repeats,
+                         args.decode_rss)
       records.append(record)
       print(json.dumps(record), file=sys.stderr, flush=True)
   for steps in args.steps:
