@@ -71,7 +71,7 @@ def _summary(args):
 
 
 def _eval(args):
-  from m2t_jax import Codec, evaluate, summary
+  from m2t_jax import Codec, evaluate, shipped, summary
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
   if args.config:
@@ -80,13 +80,17 @@ def _eval(args):
         summary.load_config(*spec.split(":", 1)), seed=args.seed))]
   elif args.checkpoint:
     for path in args.checkpoint:  # fail before hours of evaluation, not after
+      if path in shipped.names() or path in ("m2t", "mt"):
+        continue
       if not all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "params.npz")):
         raise FileNotFoundError(f"checkpoint {path!r} is not a folder written by Codec.save "
                                 "(it needs config.json and params.npz)")
     codecs = [(path, lambda path=path: Codec.load(path)) for path in args.checkpoint]
-  else:
-    Codec.load(None)  # raises FileNotFoundError: no shipped model yet
-    codecs = [("shipped", Codec.load)]
+  else:  # every shipped M2T model: one RD point per lambda
+    names = shipped.names("m2t")
+    if not names:
+      shipped.resolve(None)  # raises FileNotFoundError: no model ships
+    codecs = [(name, lambda name=name: Codec.load(name)) for name in names]
   if args.images:
     items, dataset = evaluate.folder_images(args.images), f"folder:{args.images}"
   else:

@@ -38,7 +38,7 @@ def test_compress_decompress_info_subprocess(tmp_path):
     (("decompress", "{tmp}/empty.m2t", "{tmp}/o.png", "--config", "m2t:tiny"), "truncated"),
     (("compress", "{tmp}/empty.png", "{tmp}/o.m2t", "--config", "m2t:tiny"), "cannot read"),
     (("compress", "{tmp}/missing.png", "{tmp}/o.m2t", "--config", "m2t:tiny"), "No such file"),
-    (("compress", "{tmp}/ok.png", "{tmp}/o.m2t"), "No trained model"),
+    (("compress", "{tmp}/ok.png", "{tmp}/o.m2t", "--checkpoint", "{tmp}/none"), "not a saved"),
     (("info", "{tmp}/ok.png"), "not an m2t_jax stream"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):

@@ -209,7 +209,7 @@ def test_save_and_load(codecs, tmp_path):
   image = _photo_crop("coffee", 20, 30)
   np.testing.assert_array_equal(loaded.decompress(codec.compress(image)),
                                 codec.decompress(codec.compress(image)))
-  with pytest.raises(FileNotFoundError, match="No trained model"):
-    Codec.load()
+  with pytest.raises(FileNotFoundError, match="not a saved"):
+    Codec.load("no-such-model-or-folder")
   with pytest.raises(FileNotFoundError, match="not a saved"):
     Codec.load(str(tmp_path))

@@ -148,23 +148,25 @@ def coding_tables(mixture: Mixture, radius: int, prob_floor: float):
   Returns (centers int32 (..., C), pmf float32 (..., C, 2R+2)).
   """
   centers = table_centers(mixture)
-  # The 2R+2 edges of the window's bins, standardised per component:
-  # z (..., C, 2R+2, K).
+  # The 2R+2 edges of the window's bins, standardised per component. The mixture
+  # axis K goes first, so that every elementwise op and the sum over K run on
+  # contiguous rows (K last, of size 3, halves the speed on CPU).
+  k_first = lambda t: jnp.moveaxis(t, -1, 0)[..., None]  # (..., C, K) -> (K, ..., C, 1)
   edges = centers[..., None].astype(jnp.float32) + (
       jnp.arange(-radius, radius + 2, dtype=jnp.float32) - 0.5)
-  z = (edges[..., None] - mixture.means[..., None, :]) / mixture.scales[..., None, :]
+  z = (edges[None] - k_first(mixture.means)) / k_first(mixture.scales)  # (K, ..., C, 2R+2)
   tail = 0.5 * jax.scipy.special.erfc(jnp.abs(z) * (1 / math.sqrt(2)))  # Phi(-|z|)
-  lo, hi = z[..., :-1, :], z[..., 1:, :]
-  t_lo, t_hi = tail[..., :-1, :], tail[..., 1:, :]
+  lo, hi = z[..., :-1], z[..., 1:]
+  t_lo, t_hi = tail[..., :-1], tail[..., 1:]
   # Below the mean Phi(z) = tail; above it Phi(z) = 1 - tail; a bin straddling
   # the mean takes one of each. No difference of two numbers near 1 is formed.
   mass = jnp.where(hi <= 0, t_hi - t_lo,
                    jnp.where(lo >= 0, t_lo - t_hi, 1.0 - t_lo - t_hi))
-  z0, t0, z1, t1 = z[..., 0, :], tail[..., 0, :], z[..., -1, :], tail[..., -1, :]
+  z0, t0, z1, t1 = z[..., 0], tail[..., 0], z[..., -1], tail[..., -1]
   outside = jnp.where(z0 <= 0, t0, 1.0 - t0) + jnp.where(z1 >= 0, t1, 1.0 - t1)
-  w = jax.nn.softmax(mixture.logits, axis=-1)
-  window = jnp.sum(w[..., None, :] * mass, axis=-1)  # (..., C, 2R+1)
-  escape = jnp.sum(w * outside, axis=-1)  # (..., C)
+  w = jnp.moveaxis(jax.nn.softmax(mixture.logits, axis=-1), -1, 0)  # (K, ..., C)
+  window = jnp.sum(w[..., None] * mass, axis=0)  # (..., C, 2R+1)
+  escape = jnp.sum(w * outside, axis=0)  # (..., C)
   pmf = jnp.maximum(jnp.concatenate([window, escape[..., None]], axis=-1), prob_floor)
   return centers, pmf / jnp.sum(pmf, axis=-1, keepdims=True)
 

@@ -1,0 +1,33 @@
+"""m2t demo end to end on one small image."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from m2t_jax import Codec, demo
+
+
+def test_demo_on_one_small_image(tmp_path, capsys):
+  images = demo.sample_images(["astronaut"], max_side=96)
+  codecs = [("M2T", Codec.load("m2t"))]
+  records = demo.run(str(tmp_path), images=images, codecs=codecs)
+  names = sorted(os.listdir(tmp_path))
+  assert {"astronaut_m2t.m2t", "astronaut_m2t.png", "astronaut_side_by_side.png",
+          "results.json"} <= set(names)
+  # The .m2t file is a real stream that decodes to the saved reconstruction.
+  with open(tmp_path / "astronaut_m2t.m2t", "rb") as f:
+    stream = f.read()
+  decoded = codecs[0][1].decompress(stream)
+  np.testing.assert_array_equal(decoded, np.asarray(Image.open(tmp_path / "astronaut_m2t.png")))
+  side = np.asarray(Image.open(tmp_path / "astronaut_side_by_side.png"))
+  assert side.shape == (96, 3 * 96, 3)
+  by_codec = {r["codec"].split()[0]: r for r in records}
+  assert by_codec["M2T"]["bpp"] == 8 * len(stream) / (96 * 96)
+  assert set(by_codec) == {"M2T", "JPEG", "WEBP"}
+  with open(tmp_path / "results.json") as f:
+    assert len(json.load(f)) == len(records)
+  table = demo.format_table(records)
+  assert "M2T" in table and "JPEG" in table
+  assert "[demo]" in capsys.readouterr().err  # progress is shown
