@@ -105,14 +105,17 @@ def _mt_transformer_fn(codec, tokens):
   return run
 
 
+# VmHWM, not ru_maxrss: Linux carries a parent's ru_maxrss over fork and exec,
+# so the child would report at least the parent's peak.
 _DECODE_ONLY = """
-import resource, sys
+import sys
 from m2t_jax import Codec, get_config
 config = get_config(sys.argv[1], sys.argv[2])
 config.schedule.num_steps = int(sys.argv[3])
 codec = Codec.from_config(config)
 codec.decompress(open(sys.argv[4], "rb").read())
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) / 1024)
 """
 
 
