@@ -65,8 +65,7 @@ def test_round_trip_sizes_tiny(codecs, kind, hw):
 
 
 @pytest.mark.parametrize("kind", ["m2t", "mt"])
-@pytest.mark.parametrize("hw", [(1, 1), (15, 17), (383, 385), (768, 512)],
-                         ids=lambda hw: f"{hw[0]}x{hw[1]}")
+@pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_round_trip_sizes_small(codecs, kind, hw):
   _assert_exact_round_trip(codecs(kind, "small"), _photo_crop("coffee", *hw))
 
