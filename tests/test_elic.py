@@ -1,11 +1,12 @@
 """ELIC transforms: shapes, size rules."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from m2t_jax.model import pad_to_multiple
-from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis
+from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis, UpConv5x5
 
 
 @pytest.mark.parametrize("h,w", [(16, 16), (48, 80), (16, 112)])
@@ -19,6 +20,36 @@ def test_shapes(h, w):
   x_hat = dec.apply(dec.init(jax.random.PRNGKey(2), y), y)
   assert x_hat.shape == (2, h, w, 3)
   assert bool(jnp.all(jnp.isfinite(x_hat)))
+
+
+@pytest.mark.parametrize("h,w,cin,cout", [(1, 1, 3, 2), (7, 9, 5, 6), (4, 4, 8, 3)])
+def test_upconv_equals_flax_conv_transpose(h, w, cin, cout):
+  # The sub-pixel form must be the same function, with the same parameter
+  # layout and initial values, as the flax layer it replaces (shipped weights
+  # were trained with flax's). Random (non-initial) weights and bias exercise
+  # every tap of every output phase, edges included.
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, h, w, cin))
+  ref = nn.ConvTranspose(cout, (5, 5), strides=(2, 2), padding="SAME")
+  ours = UpConv5x5(cout)
+  p_ref = ref.init(jax.random.PRNGKey(0), x)
+  p_ours = ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, p_ref) == jax.tree.map(jnp.shape, p_ours)
+  assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, p_ref, p_ours)))
+  leaves, tree = jax.tree.flatten(p_ref)
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  p = jax.tree.unflatten(tree, [jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)])
+  expected = ref.apply(p, x)
+  got = ours.apply(p, x)
+  assert got.shape == (2, 2 * h, 2 * w, cout)
+  assert jnp.allclose(got, expected, atol=1e-4 * float(jnp.abs(expected).max()))
+
+
+def test_synthesis_keeps_flax_parameter_names():
+  # Shipped params.npz files name the upsampling layers ConvTranspose_0..3.
+  y = jnp.zeros((1, 1, 1, 4))
+  params = ElicSynthesis(num_filters=8).init(jax.random.PRNGKey(0), y)["params"]
+  assert {f"ConvTranspose_{i}" for i in range(4)} <= set(params)
+  assert params["ConvTranspose_3"]["kernel"].shape == (5, 5, 8, 3)
 
 
 def test_each_image_is_transformed_independently():
