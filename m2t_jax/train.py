@@ -199,6 +199,41 @@ def create_train_state(config, optimizer=None) -> TrainState:
   return jax.device_get(state)
 
 
+def warm_start_params(params, source: str):
+  """``params`` with every leaf that ``source`` has at the same path and shape
+  replaced by the source's value; returns (params, copied paths, kept paths).
+
+  source: a saved model folder (``codec.save_params``) or a shipped model name.
+  Raises ValueError when less than half of the parameters (by count) match:
+  a model of another size, not a warm start.
+  """
+  from m2t_jax import codec, shipped  # noqa: PLC0415 - training needs no codec otherwise
+  folder = source if os.path.isdir(source) else shipped.resolve(source)
+  _, loaded = codec.load_params(folder)
+  flat_loaded = {jax.tree_util.keystr(p): v
+                 for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  copied, kept = [], []
+
+  def pick(path, value):
+    name = jax.tree_util.keystr(path)
+    other = flat_loaded.get(name)
+    if other is not None and other.shape == value.shape:
+      copied.append(name)
+      return np.asarray(other, value.dtype)
+    kept.append(name)
+    return value
+
+  params = jax.tree_util.tree_map_with_path(pick, params)
+  sizes = {jax.tree_util.keystr(p): int(np.prod(v.shape))
+           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  fraction = sum(sizes[k] for k in copied) / sum(sizes.values())
+  if fraction < 0.5:  # a few small leaves (e.g. the RGB bias) match any model
+    raise ValueError(f"init_from={source!r}: only {100 * fraction:.1f}% of this model's "
+                     "parameters have a match of the same path and shape; is it a "
+                     "model of another size?")
+  return params, copied, kept
+
+
 def make_train_step(config, model=None, optimizer=None):
   """The per-device step (state, images uint8 (B_dev, H, W, 3), key) -> (state,
   metrics), to run under ``jax.pmap(..., axis_name=AXIS)``."""
@@ -444,6 +479,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         data=grain.checkpoint.CheckpointRestore(train_iter)))
     host_state = restored["state"]
     logging.info("Resumed from the checkpoint at step %d.", latest)
+  elif config.init_from:
+    params, copied, kept = warm_start_params(host_state.params, config.init_from)
+    host_state = host_state.replace(params=params, opt_state=optimizer.init(params))
+    logging.info("Warm start from %s: %d parameter arrays copied, %d kept at their "
+                 "initial values%s", config.init_from, len(copied), len(kept),
+                 (": " + ", ".join(kept)) if kept else ".")
   step = int(host_state.step)
   logging.info("Parameters: %d",
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(host_state.params)))

@@ -213,6 +213,42 @@ def test_nonfinite_step_is_skipped_and_counted():
   assert sum(changed) > 0.9 * len(changed)
 
 
+def test_warm_start_copies_matching_parameters_only(tmp_path):
+  # An M2T model saved to disk warm-starts an MT model of the same size: the
+  # autoencoder (same paths and shapes) is copied, MT's own parameters keep
+  # their fresh values; a model of another size matches nothing and is refused.
+  from m2t_jax import codec  # noqa: PLC0415
+  source_config = _tiny()
+  source = train.create_train_state(source_config).params
+  codec.save_params(str(tmp_path / "m2t"), source_config, source)
+  mt_config = _tiny()
+  mt_config.model = "mt"
+  mt_config.seed = 7
+  fresh = train.create_train_state(mt_config).params
+  warm, copied, kept = train.warm_start_params(fresh, str(tmp_path / "m2t"))
+  flat = lambda t: {jax.tree_util.keystr(p): np.asarray(v)
+                    for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  src, new, out = flat(source), flat(fresh), flat(warm)
+  assert set(copied) | set(kept) == set(out) and not set(copied) & set(kept)
+  assert any("'analysis'" in k for k in copied) and any("'synthesis'" in k for k in copied)
+  assert kept  # MT's mask token / heads differ from M2T's
+  for k in copied:
+    np.testing.assert_array_equal(out[k], src[k])
+    if "kernel" in k:  # seeds differ, so a copied kernel is visible (biases are 0)
+      assert not np.array_equal(out[k], new[k])
+  for k in kept:
+    np.testing.assert_array_equal(out[k], new[k])
+  other = _tiny()
+  other.latent_channels = 8
+  other.elic.num_filters = 6
+  other.transformer.d_model = 12
+  other.transformer.mlp_dim = 24
+  other.transformer.num_heads = 2
+  codec.save_params(str(tmp_path / "other"), other, train.create_train_state(other).params)
+  with pytest.raises(ValueError, match="parameters have a match of the same path and shape"):
+    train.warm_start_params(fresh, str(tmp_path / "other"))
+
+
 # --------------------------------------------------------------------------- #
 # Subprocesses: real training runs.
 # --------------------------------------------------------------------------- #

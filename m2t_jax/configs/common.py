@@ -115,4 +115,10 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.log_every = {"paper": 100, "small": 50, "tiny": 1}[size]
   c.eval_every = {"paper": 50_000, "small": 5_000, "tiny": 0}[size]
   c.eval_batch_size = 4
+  # Warm start: a saved model folder (config.json + params.npz, e.g. another
+  # run's workdir/model) or a shipped model name. A fresh run copies every
+  # parameter whose path and shape match and logs what it did not; a run that
+  # resumes from its own checkpoint ignores it. Use it to fine-tune another
+  # lambda, or to give MT the autoencoder of a trained M2T.
+  c.init_from = ""
   return c
