@@ -37,7 +37,8 @@ def test_upconv_equals_flax_conv_transpose(h, w, cin, cout):
   assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, p_ref, p_ours)))
   leaves, tree = jax.tree.flatten(p_ref)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  p = jax.tree.unflatten(tree, [jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)])
+  p = jax.tree.unflatten(
+      tree, [jax.random.normal(k, v.shape) for k, v in zip(keys, leaves, strict=True)])
   expected = ref.apply(p, x)
   got = ours.apply(p, x)
   assert got.shape == (2, 2 * h, 2 * w, cout)
