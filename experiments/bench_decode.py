@@ -18,9 +18,13 @@ warm-up call (compile time is reported separately), medians over --repeats:
                      builds the codec and decodes the stream
 
 Writes JSON (--output), a markdown table (.md) and a PNG plot of decode time vs S
-(.png, when matplotlib is installed) beside it. Weights are random: decode time
-does not depend on them (a random model codes more bits, which only makes the
-range-coding share look larger).
+(.png, when matplotlib is installed) beside it.
+
+Weights (--weights): random by default; the transformer and synthesis times do
+not depend on them. The coding time does: a random model is miscalibrated, codes
+more bits and needs more wide tables (``wide_fraction``: the share of elements
+coded with +-R tables instead of narrow ones). ``--weights shipped`` loads the
+shipped model of each kind (its size must be --config's) with S set to --steps.
 """
 
 import argparse
@@ -37,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2t_jax import Codec, get_config
+from m2t_jax.coding import steppers
 from m2t_jax.entropy import gmm, mt, patches
 from m2t_jax.entropy.m2t import M2T
 
@@ -131,11 +136,24 @@ def decode_peak_rss_mb(size, kind, steps, data) -> float:
   return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats: int,
-              decode_rss: bool = False):
-  config = get_config(kind, size)
+def _codec(size: str, kind: str, steps: int, weights: str) -> Codec:
+  if weights == "random":
+    config = get_config(kind, size)
+    config.schedule.num_steps = steps
+    return Codec.from_config(config)
+  shipped = Codec.load(kind)
+  if shipped.config.size != size:
+    raise SystemExit(f"the shipped {kind} model is of size {shipped.config.size!r}, "
+                     f"not {size!r}: use --config {shipped.config.size}")
+  config = shipped.config.as_configdict()
   config.schedule.num_steps = steps
-  codec = Codec.from_config(config)
+  return Codec(config, shipped.params)
+
+
+def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats: int,
+              decode_rss: bool = False, weights: str = "random"):
+  codec = _codec(size, kind, steps, weights)
+  config = codec.config
   image = _photo(width, height)
   data = codec.compress(image)
   t0 = time.perf_counter()
@@ -151,12 +169,24 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
   med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
   tokens, _ = _tokens(codec, image)
 
-  # Table building alone: the same jitted table code over every token's mixture.
+  # Table building alone, as the codec does it (narrow tables for every element,
+  # to the host; wide ones for the elements they flag) over every token's mixture.
   mixture = jax.jit(lambda p, t: _any_pass(codec, p, t))(codec.params["entropy_model"], tokens)
-  tables = jax.jit(lambda m: gmm.coding_tables(m, config.gmm.table_radius,
+  narrow = jax.jit(lambda m: gmm.coding_tables(m, steppers.narrow_radius(config),
                                                config.gmm.prob_floor))
-  jax.block_until_ready(tables(mixture))
-  tables_s = _median_time(lambda: tables(mixture), repeats)
+  _, pmf = narrow(mixture)
+  wide = np.flatnonzero(steppers.wide_elements(np.asarray(pmf), np.ones(pmf.shape[:-1], bool),
+                                               config))
+
+  def tables():
+    centers, pmf = narrow(mixture)
+    out = [np.asarray(centers), np.asarray(pmf)]
+    if wide.size:
+      out.append(steppers.wide_tables(mixture, wide, config))
+    return out
+
+  tables()
+  tables_s = _median_time(tables, repeats)
 
   record = {
       "config": size, "model": kind, "steps": steps, "image_size": f"{width}x{height}",
@@ -164,6 +194,7 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
       "full_decode_s": med["full_decode_s"], "steps_s": med["steps_s"],
       "range_coding_s": med["range_coding_s"], "tables_s": tables_s,
       "coding_s": med["range_coding_s"] + tables_s, "synthesis_s": med["synthesis_s"],
+      "wide_fraction": wide.size / pmf[..., 0].size, "weights": weights,
       "compile_s": max(first - med["full_decode_s"], 0.0),
   }
   if kind == "m2t":
@@ -180,6 +211,8 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
     record["mt_transformer_s"] = _median_time(run, repeats)
   record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   if decode_rss:
+    if weights != "random":
+      raise SystemExit("--decode-rss measures random weights only")
     record["decode_peak_rss_mb"] = decode_peak_rss_mb(size, kind, steps, data)
   record["device"] = str(jax.devices()[0].device_kind)
   record["platform"] = jax.devices()[0].platform
@@ -196,7 +229,7 @@ def _any_pass(codec, params, tokens):
 def _markdown(records) -> str:
   cols = ["model", "steps", "image_size", "num_patches", "teacher_forced_s",
           "m2t_transformer_s", "mt_transformer_s", "full_decode_s", "coding_s",
-          "synthesis_s", "compile_s", "peak_rss_mb", "decode_peak_rss_mb"]
+          "synthesis_s", "wide_fraction", "compile_s", "peak_rss_mb", "decode_peak_rss_mb"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in records:
     cells = []
@@ -241,6 +274,7 @@ def main(argv=None):
   parser.add_argument("--model", default="both", choices=["mt", "m2t", "both"])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--output", default="out/bench_decode.json")
+  parser.add_argument("--weights", default="random", choices=["random", "shipped"])
   parser.add_argument("--decode-rss", action="store_true",
                       help="also measure a decode-only process's peak memory")
   args = parser.parse_args(argv)
@@ -250,7 +284,7 @@ def main(argv=None):
   for steps in args.steps:
     for kind in kinds:
       record = bench_one(args.config, kind, steps, width, height, args.repeats,
-                         args.decode_rss)
+                         args.decode_rss, args.weights)
       records.append(record)
       print(json.dumps(record), file=sys.stderr, flush=True)
   for steps in args.steps:

@@ -250,18 +250,25 @@ class Codec:
         group[todo] = np.asarray(gmm.mixture_mean(mixture))[todo]
         values[rows, cells] = group
       elif encoder is not None or decoder is not None:
+        # Elements (N, g, C) in C order: first those with narrow tables, then
+        # the few that need wide ones (steppers.wide_elements), as two batches.
         centers, pmf = np.asarray(centers), np.asarray(pmf)
+        elems = np.broadcast_to(todo[..., None], centers.shape)
+        wide = steppers.wide_elements(pmf, elems, self.config)
+        narrow = elems & ~wide
+        wide_pmf = (steppers.wide_tables(mixture, np.flatnonzero(wide), self.config)
+                    if wide.any() else None)
         t1 = time.perf_counter()
         timings["steps_s"] += t1 - t0
-        sel_centers = centers[todo].reshape(-1)
-        sel_pmf = pmf[todo].reshape(-1, pmf.shape[-1])
+        group = values[rows, cells]
         if encoder is not None:
-          range_coder.encode_group(encoder, values[rows, cells][todo].reshape(-1),
-                                   sel_centers, sel_pmf)
+          range_coder.encode_group(encoder, group[narrow], centers[narrow], pmf[narrow])
+          if wide_pmf is not None:
+            range_coder.encode_group(encoder, group[wide], centers[wide], wide_pmf)
         else:
-          decoded = range_coder.decode_group(decoder, sel_centers, sel_pmf)
-          group = values[rows, cells]
-          group[todo] = decoded.reshape(-1, c)
+          group[narrow] = range_coder.decode_group(decoder, centers[narrow], pmf[narrow])
+          if wide_pmf is not None:
+            group[wide] = range_coder.decode_group(decoder, centers[wide], wide_pmf)
           values[rows, cells] = group
         timings["range_coding_s"] += time.perf_counter() - t1
       if bits_out is not None:

@@ -60,6 +60,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"{config.schedule.alpha} gives {sizes.tolist()}. Use alpha >= 1.")
   if config.gmm.num_mixtures < 1 or not 0 < config.gmm.prob_floor < 1e-3:
     raise ValueError("gmm.num_mixtures must be >= 1 and 0 < gmm.prob_floor < 1e-3.")
+  if config.gmm.table_radius < 1 or config.gmm.get("narrow_radius", 0) < 0:
+    raise ValueError("gmm.table_radius must be >= 1 and gmm.narrow_radius >= 0.")
+  if not 0 < config.gmm.get("wide_threshold", 0.5) < 1:
+    raise ValueError("gmm.wide_threshold must be in (0, 1).")
   if not 0 < config.mt_mask_ratio_min <= config.mt_mask_ratio_max <= 1:
     raise ValueError("Need 0 < mt_mask_ratio_min <= mt_mask_ratio_max <= 1.")
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import numpy as np
 import pytest
 from skimage import data as skdata
@@ -20,12 +21,14 @@ SIZES = [(1, 1), (1, 1000), (15, 17), (16, 16), (383, 385), (768, 512)]
 def codecs():
   cache = {}
 
-  def get(kind, size, order=None, seed=0):
-    key = (kind, size, order, seed)
+  def get(kind, size, order=None, seed=0, narrow_radius=None):
+    key = (kind, size, order, seed, narrow_radius)
     if key not in cache:
       config = get_config(kind, size)
       if order:
         config.schedule.order = order
+      if narrow_radius is not None:
+        config.gmm.narrow_radius = narrow_radius
       cache[key] = Codec.from_config(config, seed=seed)
     return cache[key]
   return get
@@ -119,7 +122,9 @@ def test_decoding_in_a_fresh_process(codecs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["m2t", "mt"])
 def test_real_size_matches_estimate(codecs, kind):
-  codec = codecs(kind, "small")
+  # One table width: the bytes are the model's bits for any model, even a random
+  # (miscalibrated) one. Two widths are checked on a trained model below.
+  codec = codecs(kind, "small", narrow_radius=0)
   for name in sorted(PHOTOS):
     image = PHOTOS[name]()
     data = codec.compress(image)
@@ -128,6 +133,46 @@ def test_real_size_matches_estimate(codecs, kind):
     # The payload's last 32-bit word is a fixed overhead, like the header.
     assert abs(payload_bits - est["bits"]) <= 0.01 * est["bits"] + 32, (name, payload_bits, est)
     assert est["bpp"] == pytest.approx(est["bits"] / (image.shape[0] * image.shape[1]))
+
+
+def test_two_table_widths_cost_nothing_on_the_trained_model():
+  # Narrow tables trust the model's calibration (an element whose narrow escape
+  # mass is tiny is rarely escaped); on the shipped trained model the two widths
+  # must cost no more than 0.2% over one width, and decode exactly.
+  shipped = Codec.load()
+  one, two = shipped.config.to_dict(), shipped.config.to_dict()
+  one["gmm"]["narrow_radius"], two["gmm"]["narrow_radius"] = 0, 3
+  two["gmm"]["wide_threshold"] = 2.0**-10
+  one, two = (Codec(ml_collections.ConfigDict(c), shipped.params) for c in (one, two))
+  image = PHOTOS["coffee"]()
+  sizes = {}
+  for name, codec in (("one", one), ("two", two)):
+    data = codec.compress(image)
+    np.testing.assert_array_equal(codec.decompress_latent(data), codec.analyze(image))
+    sizes[name] = len(data)
+  assert sizes["two"] <= 1.002 * sizes["one"], sizes
+
+
+@pytest.mark.parametrize("kind", ["m2t", "mt"])
+def test_photos_use_both_table_widths(codecs, kind):
+  # The round trips above go through both batches (narrow and wide tables):
+  # a random model on a photo has elements on either side of the threshold.
+  from m2t_jax.coding import steppers  # noqa: PLC0415
+  from m2t_jax.entropy import patches  # noqa: PLC0415
+  codec = codecs(kind, "tiny")
+  assert 0 < steppers.narrow_radius(codec.config) < codec.config.gmm.table_radius
+  tokens, valid = patches.to_patches(codec.analyze(PHOTOS["coffee"]()).astype(np.float32),
+                                     codec.config.patch_size)
+  stepper = codec._stepper(tokens.shape[0], np.asarray(valid))
+  seen = np.zeros(2, int)
+  for i in range(stepper.num_steps):
+    cells, centers, pmf, _ = stepper.predict(i)
+    todo = np.broadcast_to(np.asarray(valid)[np.arange(len(cells))[:, None], cells][..., None],
+                           np.shape(centers))
+    wide = steppers.wide_elements(np.asarray(pmf), todo, codec.config)
+    seen += [int((todo & ~wide).sum()), int(wide.sum())]
+    stepper.update(i, cells, np.asarray(tokens)[np.arange(len(cells))[:, None], cells])
+  assert seen.min() > 0, seen
 
 
 def _mutations(data, rng, count):

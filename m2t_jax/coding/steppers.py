@@ -11,7 +11,8 @@ path or device.
 All patches of an image are one batch: N patches of L tokens with C channels.
 ``predict(i)`` returns, for step i:
   cells   int (N, g)  cell (token) index of each predicted token in its patch,
-  centers int32 (N, g, C), pmf float32 (N, g, C, 2R+2)   (gmm.coding_tables),
+  centers int32 (N, g, C), pmf float32 (N, g, C, 2r+2)   (gmm.coding_tables at
+                                                          the narrow radius r),
   mixture  gmm.Mixture with fields (N, g, C, K)           (for rate estimates).
 ``update(i, cells, values)`` feeds the group's values (N, g, C) back.
 """
@@ -26,8 +27,50 @@ from m2t_jax.entropy import gmm, mt
 from m2t_jax.entropy.m2t import M2T
 
 
+def narrow_radius(config) -> int:
+  """Radius of the tables every element gets first (``gmm.narrow_radius``; the
+  full ``gmm.table_radius`` when two widths are off). Configs saved before the
+  two widths existed have no narrow_radius: one width."""
+  r, wide = config.gmm.get("narrow_radius", 0), config.gmm.table_radius
+  return r if 0 < r < wide else wide
+
+
 def _tables(mixture, config):
-  return gmm.coding_tables(mixture, config.gmm.table_radius, config.gmm.prob_floor)
+  return gmm.coding_tables(mixture, narrow_radius(config), config.gmm.prob_floor)
+
+
+def wide_elements(pmf: np.ndarray, todo: np.ndarray, config) -> np.ndarray:
+  """Which elements to code with a wide table: bool, the shape of ``todo``.
+
+  pmf: narrow tables (..., 2r+2) from a step; todo: bool (...) elements to code.
+  Decided from the narrow escape mass, which encoder and decoder hold
+  bit-identically, so both pick the same elements.
+  """
+  if narrow_radius(config) == config.gmm.table_radius:
+    return np.zeros(todo.shape, bool)
+  return todo & (pmf[..., -1] > config.gmm.wide_threshold)
+
+
+def wide_tables(mixture, flat_index: np.ndarray, config) -> np.ndarray:
+  """Wide (radius ``gmm.table_radius``) tables of some elements of a step's mixture.
+
+  mixture: a step's ``gmm.Mixture`` with fields (..., K), on device;
+  flat_index: (M,) indices into the mixture's elements in C order.
+  Returns float32 (M, 2R+2). The index is padded to a power of two (>= 256), so
+  a few compiles serve every group.
+  """
+  m = int(flat_index.shape[0])
+  padded = np.zeros(max(256, 1 << max(m - 1, 0).bit_length()), np.int32)
+  padded[:m] = flat_index
+  return np.asarray(_wide_fn(config)(mixture, padded))[:m]
+
+
+@functools.lru_cache(maxsize=32)
+def _wide_fn(config):
+  def tables(mixture, index):
+    flat = jax.tree_util.tree_map(lambda t: t.reshape(-1, t.shape[-1])[index], mixture)
+    return gmm.coding_tables(flat, config.gmm.table_radius, config.gmm.prob_floor)[1]
+  return jax.jit(tables)
 
 
 class M2TStepper:
