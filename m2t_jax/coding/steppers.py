@@ -56,13 +56,21 @@ def wide_tables(mixture, flat_index: np.ndarray, config) -> np.ndarray:
 
   mixture: a step's ``gmm.Mixture`` with fields (..., K), on device;
   flat_index: (M,) indices into the mixture's elements in C order.
-  Returns float32 (M, 2R+2). The index is padded to a power of two (>= 256), so
-  a few compiles serve every group.
+  Returns float32 (M, 2R+2). The elements go in chunks of a fixed size (the last
+  one padded), so the number of wide elements, which differs from image to
+  image, never triggers a compile: one per step shape, like the step itself.
   """
   m = int(flat_index.shape[0])
-  padded = np.zeros(max(256, 1 << max(m - 1, 0).bit_length()), np.int32)
+  padded = np.zeros(-(-m // _WIDE_CHUNK) * _WIDE_CHUNK, np.int32)
   padded[:m] = flat_index
-  return np.asarray(_wide_fn(config)(mixture, padded))[:m]
+  fn = _wide_fn(config)
+  chunks = [fn(mixture, padded[i:i + _WIDE_CHUNK]) for i in range(0, len(padded), _WIDE_CHUNK)]
+  return np.concatenate([np.asarray(c) for c in chunks])[:m]
+
+
+# Wide elements per call: small enough that padding the last chunk costs little
+# (a trained model has few wide elements), large enough for few calls otherwise.
+_WIDE_CHUNK = 1024
 
 
 @functools.lru_cache(maxsize=32)
