@@ -20,7 +20,19 @@ import ml_collections
 import numpy as np
 
 from m2t_jax import codec as codec_lib
-from m2t_jax import evaluate, shipped, train
+from m2t_jax import evaluate, get_config, shipped, train
+
+
+def _fill_missing(config, defaults, prefix="") -> list[str]:
+  """Adds to ``config`` every field of ``defaults`` it lacks; returns their names."""
+  added = []
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+      added.append(prefix + key)
+    elif isinstance(value, ml_collections.ConfigDict):
+      added += _fill_missing(config[key], value, f"{prefix}{key}.")
+  return added
 
 
 def main(argv=None):
@@ -37,6 +49,12 @@ def main(argv=None):
 
   with open(os.path.join(args.workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  # Fields added to the code after the run started (e.g. gmm.narrow_radius)
+  # take today's defaults for its model and size; the evaluation below measures
+  # the model as shipped, with them.
+  added = _fill_missing(config, get_config(config.model, config.size))
+  if added:
+    print("config fields missing in the workdir, set to today's defaults:", added)
   state = train.load_checkpoint(args.workdir)
   folder = args.name.replace(".", "_")
   path = os.path.join(shipped.MODELS_DIR, folder)
