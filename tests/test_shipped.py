@@ -16,10 +16,11 @@ def test_a_default_model_ships():
     assert key in entry
 
 
-def test_default_model_round_trip_and_figures():
-  manifest = shipped.manifest()
-  entry = manifest["models"][manifest["default"]]
-  codec = Codec.load()
+@pytest.mark.parametrize("model_name", shipped.names())
+def test_shipped_model_round_trip_and_figures(model_name):
+  entry = shipped.manifest()["models"][model_name]
+  codec = Codec.load(model_name)
+  assert codec.config.model == entry["kind"]
   assert codec.fingerprint.hex() == entry["fingerprint"]
   name, image = demo.sample_images(["coffee"])[0]
   data = codec.compress(image)
