@@ -109,6 +109,8 @@ def markdown(rows: list[dict], anchor: dict, dataset: str) -> str:
            "BD-rate cubic |",
            "|---|---|---:|---|---|---|---:|---:|"]
   notes = []
+  # An anchor given as a file may come from another image set than --dataset.
+  anchor_ds = anchor.get("meta", {}).get("dataset") or dataset
   fmt_range = lambda r, f: f"{r[0]:{f}}–{r[1]:{f}}" if r else "–"
   for row in rows:
     cells = []
@@ -123,9 +125,9 @@ def markdown(rows: list[dict], anchor: dict, dataset: str) -> str:
                  f"{fmt_range(row['bpp_range'], '.3f')} | {fmt_range(row['psnr_range'], '.2f')} | "
                  f"{fmt_range(row['overlap_db'], '.2f')} | {cells[0]} | {cells[1]} |")
     ds = row.get("dataset")
-    if row["kind"] == "ours" and ds != dataset:
+    if row["kind"] == "ours" and ds != anchor_ds:
       notes.append(f"{row['name']} was measured on {ds or 'an unnamed image set'}, the "
-                   f"references on {dataset}: its BD-rate compares different images.")
+                   f"anchor on {anchor_ds}: its BD-rate compares different images.")
   if notes:
     lines += ["", "Notes:"] + [f"- {n}" for n in dict.fromkeys(notes)]
   return "\n".join(lines) + "\n"
