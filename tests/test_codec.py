@@ -175,6 +175,35 @@ def test_photos_use_both_table_widths(codecs, kind):
   assert seen.min() > 0, seen
 
 
+def test_entropy_order_ranks_by_full_width_tables(codecs):
+  # With two table widths, MT's entropy-adaptive order must still rank tokens
+  # by their full (+-R) tables: a narrow table lumps the tail into the escape
+  # and makes uncertain tokens look certain (a random model has many).
+  from m2t_jax.coding import steppers  # noqa: PLC0415
+  from m2t_jax.entropy import gmm, mt, patches  # noqa: PLC0415
+  del codecs
+  config = get_config("mt", "tiny")
+  # Two equal groups: the first step already ranks half of every patch.
+  config.schedule.order, config.schedule.num_steps, config.schedule.alpha = "entropy", 2, 1.0
+  codec = Codec.from_config(config)
+  config = codec.config
+  _, valid = patches.to_patches(codec.analyze(PHOTOS["coffee"]()).astype(np.float32),
+                                config.patch_size)
+  valid = np.asarray(valid)
+  zeros = np.zeros(valid.shape + (config.latent_channels,), np.float32)
+  mixture = codec.entropy_model.apply({"params": codec.params["entropy_model"]}, zeros, ~valid)
+  size = int(codec.entropy_model.group_sizes[0])
+  ranked = {}
+  for name, radius in (("full", config.gmm.table_radius),
+                       ("narrow", steppers.narrow_radius(config))):
+    _, pmf = gmm.coding_tables(mixture, radius, config.gmm.prob_floor)
+    entropy = np.asarray(gmm.table_entropy_bits(pmf)).sum(-1)
+    ranked[name] = np.asarray(mt.select_lowest_entropy(entropy, ~valid, size))
+  assert not np.array_equal(ranked["full"], ranked["narrow"])  # the test can tell
+  cells = codec._stepper(valid.shape[0], valid).predict(0)[0]
+  np.testing.assert_array_equal(cells, ranked["full"])
+
+
 def _mutations(data, rng, count):
   """Random single-byte flips, insertions, deletions and truncations of ``data``."""
   for k in range(count):

@@ -182,7 +182,10 @@ def _mt_step_fns(entropy_model, config):
   def adaptive(params, tokens, known, size):
     mixture = entropy_model.apply({"params": params}, tokens, known)
     centers, pmf = _tables(mixture, config)
-    entropy = jnp.sum(gmm.table_entropy_bits(pmf), axis=-1)  # bits per token
+    # Rank tokens by the entropy of their full-width tables: a narrow table
+    # lumps the tail into its escape and would make wide tokens look certain.
+    _, full = gmm.coding_tables(mixture, config.gmm.table_radius, config.gmm.prob_floor)
+    entropy = jnp.sum(gmm.table_entropy_bits(full), axis=-1)  # bits per token
     cells = mt.select_lowest_entropy(entropy, known, size)
     take = lambda t: _take_cells(t, cells)
     return cells, take(centers), take(pmf), jax.tree_util.tree_map(take, mixture)
