@@ -1,4 +1,4 @@
-"""Container format for one compressed image (format version 1).
+"""Container format for one compressed image (format version 2).
 
 Every multi-byte field is little-endian. Offsets are in bytes; L is the payload
 length.
@@ -6,7 +6,7 @@ length.
 | offset | size | type    | field                                               |
 |-------:|-----:|---------|-----------------------------------------------------|
 |      0 |    4 | bytes   | magic ``b"M2TJ"``                                   |
-|      4 |    1 | u8      | format version (1)                                  |
+|      4 |    1 | u8      | format version (2)                                  |
 |      5 |    1 | u8      | model kind: 0 = mt, 1 = m2t                         |
 |      6 |    1 | u8      | schedule order: 0 = qlds, 1 = random, 2 = raster,   |
 |        |      |         | 3 = entropy                                         |
@@ -30,6 +30,13 @@ message at the first failure: length at least ``HEADER_BYTES`` (truncated), magi
 field values, and payload length against the total size (truncated or trailing
 bytes). A single flipped bit anywhere is always detected: in the magic or version
 by those checks, elsewhere by the CRC.
+
+The version covers the payload as well: a range-coded payload decodes only with
+tables bit-identical to the encoder's, so a change in how the tables are computed
+is a new version. Version 1 (the same layout) was written before
+``gmm.coding_tables`` became elementwise; its wide tables can differ from today's
+by one float32 ULP in ~20% of entries, which could decode wrongly, so version 1
+streams are refused with a message saying so rather than decoded.
 """
 
 import dataclasses
@@ -39,7 +46,7 @@ import struct
 import zlib
 
 MAGIC = b"M2TJ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_KINDS = ("mt", "m2t")  # Index = stored byte.
 ORDERS = ("qlds", "random", "raster", "entropy")  # Index = stored byte.
 MAX_IMAGE_SIDE = 2**16
@@ -176,6 +183,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(
         f"stream written by a newer version of m2t_jax (format version {version}, "
         f"this one reads {FORMAT_VERSION}); upgrade m2t_jax to decode it")
+  if version == 1:
+    raise BitstreamError(
+        "stream written in format version 1 by an older m2t_jax, whose coding "
+        "tables this version does not reproduce bit for bit; decode it with "
+        "m2t_jax before 2026-11-21 (git history) or compress the image again")
   if version != FORMAT_VERSION:
     raise BitstreamError(
         f"unsupported format version {version} (this m2t_jax reads "

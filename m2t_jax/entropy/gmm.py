@@ -130,6 +130,11 @@ def table_centers(mixture: Mixture) -> jax.Array:
   return jnp.round(mean).astype(jnp.int32)
 
 
+def _phi_tail(z: jax.Array) -> jax.Array:
+  """Phi(-|z|): the standard normal mass beyond |z|, accurate far into the tail."""
+  return 0.5 * jax.scipy.special.erfc(jnp.abs(z) * (1 / math.sqrt(2)))
+
+
 def coding_tables(mixture: Mixture, radius: int, prob_floor: float):
   """Per-element probability tables over a bounded window plus an escape symbol.
 
@@ -138,36 +143,47 @@ def coding_tables(mixture: Mixture, radius: int, prob_floor: float):
   floored at ``prob_floor`` and the table renormalised.
 
   The masses are the training formula's Phi((v+1/2-mu)/s) - Phi((v-1/2-mu)/s),
-  evaluated in linear space from the tail nearer to each bin, with one erfc per
-  bin edge shared by the two bins it bounds (half the work of evaluating
-  ``log_bin_prob`` per bin). Absolute error ~1e-8, below both the floor and the
-  range coder's 2^-24 resolution; the log-space form is needed only for training
-  gradients far in the tails. Encoder and decoder run this same code, so their
-  tables are bit-identical.
+  evaluated in linear space from the tail nearer to each bin (no difference of
+  two numbers near 1 is formed). Absolute error ~1e-8, below both the floor and
+  the range coder's 2^-24 resolution; the log-space form is needed only for
+  training gradients far in the tails. Encoder and decoder run this same code, so
+  their tables are bit-identical.
+
+  Every table entry is computed on its own from its two bounds (2 erfc per entry
+  and component rather than 1 per shared edge). Why: the shared-edge form slices
+  neighbouring entries along the short last axis inside the erfc fusion, which
+  XLA:CPU turns into a scalar loop that recomputes the erfc per use, and sums
+  over the mixture axis with a library reduction that is slow for K = 3; the
+  purely elementwise form vectorises. Measured on the 2-core CPU (small config,
+  768x512, 147k elements): 62 ms -> 9 ms at R = 3, 146 ms -> 55 ms at R = 16.
 
   Returns (centers int32 (..., C), pmf float32 (..., C, 2R+2)).
   """
+  num_mixtures = mixture.means.shape[-1]
+  component = lambda t, k: t[..., k:k + 1]  # (..., C, K) -> (..., C, 1)
+  weights = jax.nn.softmax(mixture.logits, axis=-1)
   centers = table_centers(mixture)
-  # The 2R+2 edges of the window's bins, standardised per component. The mixture
-  # axis K goes first, so that every elementwise op and the sum over K run on
-  # contiguous rows (K last, of size 3, halves the speed on CPU).
-  k_first = lambda t: jnp.moveaxis(t, -1, 0)[..., None]  # (..., C, K) -> (K, ..., C, 1)
-  edges = centers[..., None].astype(jnp.float32) + (
-      jnp.arange(-radius, radius + 2, dtype=jnp.float32) - 0.5)
-  z = (edges[None] - k_first(mixture.means)) / k_first(mixture.scales)  # (K, ..., C, 2R+2)
-  tail = 0.5 * jax.scipy.special.erfc(jnp.abs(z) * (1 / math.sqrt(2)))  # Phi(-|z|)
-  lo, hi = z[..., :-1], z[..., 1:]
-  t_lo, t_hi = tail[..., :-1], tail[..., 1:]
-  # Below the mean Phi(z) = tail; above it Phi(z) = 1 - tail; a bin straddling
-  # the mean takes one of each. No difference of two numbers near 1 is formed.
-  mass = jnp.where(hi <= 0, t_hi - t_lo,
-                   jnp.where(lo >= 0, t_lo - t_hi, 1.0 - t_lo - t_hi))
-  z0, t0, z1, t1 = z[..., 0], tail[..., 0], z[..., -1], tail[..., -1]
-  outside = jnp.where(z0 <= 0, t0, 1.0 - t0) + jnp.where(z1 >= 0, t1, 1.0 - t1)
-  w = jnp.moveaxis(jax.nn.softmax(mixture.logits, axis=-1), -1, 0)  # (K, ..., C)
-  window = jnp.sum(w[..., None] * mass, axis=0)  # (..., C, 2R+1)
-  escape = jnp.sum(w * outside, axis=0)  # (..., C)
-  pmf = jnp.maximum(jnp.concatenate([window, escape[..., None]], axis=-1), prob_floor)
+  # Bounds of each entry relative to the centre: bin j is [j-R-1/2, j-R+1/2]; the
+  # escape entry holds the two tails beyond [-R-1/2, R+1/2].
+  n = 2 * radius + 2
+  j = jnp.arange(n, dtype=jnp.float32)
+  is_escape = j == n - 1
+  lower = jnp.where(is_escape, -radius - 0.5, j - radius - 0.5)
+  upper = jnp.where(is_escape, radius + 0.5, j - radius + 0.5)
+  c = centers[..., None].astype(jnp.float32)
+  pmf = jnp.zeros(centers.shape + (n,), jnp.float32)
+  for k in range(num_mixtures):  # K is small (3): unrolled, summed in a fixed order.
+    mean, scale = component(mixture.means, k), component(mixture.scales, k)
+    lo = (c + lower - mean) / scale
+    hi = (c + upper - mean) / scale
+    t_lo, t_hi = _phi_tail(lo), _phi_tail(hi)
+    # Below the mean Phi(z) = tail; above it Phi(z) = 1 - tail; a bin straddling
+    # the mean takes one of each.
+    inside = jnp.where(hi <= 0, t_hi - t_lo,
+                       jnp.where(lo >= 0, t_lo - t_hi, 1.0 - t_lo - t_hi))
+    outside = jnp.where(lo <= 0, t_lo, 1.0 - t_lo) + jnp.where(hi >= 0, t_hi, 1.0 - t_hi)
+    pmf = pmf + component(weights, k) * jnp.where(is_escape, outside, inside)
+  pmf = jnp.maximum(pmf, prob_floor)
   return centers, pmf / jnp.sum(pmf, axis=-1, keepdims=True)
 
 
