@@ -92,11 +92,11 @@ def test_tables_sum_to_one_and_match_bins():
   assert float(pmf.min()) > 0
   # Window entries are the bin masses of the same formula (before renormalisation,
   # which changes them by at most the floors added).
-  j = 3
-  v = (centers + j - radius).astype(jnp.float32)
-  direct = jnp.exp(gmm.floored_log_bin_prob(mix, v, 1e-9))
-  np.testing.assert_allclose(np.asarray(pmf[..., j]), np.asarray(direct), rtol=1e-4,
-                             atol=2e-8)
+  for j in range(2 * radius + 1):  # every entry is computed on its own: check each
+    v = (centers + j - radius).astype(jnp.float32)
+    direct = jnp.exp(gmm.floored_log_bin_prob(mix, v, 1e-9))
+    np.testing.assert_allclose(np.asarray(pmf[..., j]), np.asarray(direct), rtol=1e-4,
+                               atol=2e-8, err_msg=f"entry {j}")
   # The escape entry is the mass outside the window: 1 - window mass.
   window = jnp.sum(jnp.exp(gmm.log_bin_prob(
       gmm.Mixture(*(t[..., None, :] for t in mix)),
