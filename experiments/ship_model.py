@@ -2,7 +2,7 @@
 
   python experiments/ship_model.py --workdir /tmp/train/m2t_small \
       --name m2t-small-l0.0025 --val-dir VAL_DIR --data "photos 001-034" \
-      --hours 1.1 --device "2-core CPU" [--default]
+      --hours 1.1 --device "2-core CPU" [--default] [--steps-before N]
 
 Takes the latest checkpoint of a training workdir (its config.json and orbax
 checkpoint), stores the parameters as float16 (codec.save_params), loads them
@@ -45,6 +45,9 @@ def main(argv=None):
   parser.add_argument("--hours", type=float, default=None)
   parser.add_argument("--device", default="")
   parser.add_argument("--default", action="store_true")
+  parser.add_argument("--steps-before", type=int, default=0,
+                      help="training steps of the model the run was warm-started from "
+                           "(config.init_from); the manifest counts them in")
   args = parser.parse_args(argv)
 
   with open(os.path.join(args.workdir, "config.json")) as f:
@@ -75,9 +78,13 @@ def main(argv=None):
     record = evaluate.evaluate_image(codec, image)
     samples[name] = {k: record[k] for k in ("bpp", "estimated_bpp", "psnr-rgb")}
     print(name, samples[name], flush=True)
+  if config.get("init_from"):
+    print(f"warm-started from {config.init_from}: {args.steps_before} steps counted before "
+          f"this run's {int(state['step'])} (--steps-before)")
   entry = {
       "kind": config.model, "size": config.size, "lmbda": config.lmbda,
-      "training_steps": int(state["step"]), "training_hours": args.hours,
+      "training_steps": args.steps_before + int(state["step"]),
+      "training_hours": args.hours,
       "device": args.device, "data": args.data, "folder": folder,
       "validation": {
           "images": sorted(per_image),
@@ -87,6 +94,8 @@ def main(argv=None):
       "samples": samples,
       "fingerprint": codec.fingerprint.hex(),
   }
+  if config.get("init_from"):
+    entry["warm_started_from"] = {"model": config.init_from, "steps": args.steps_before}
   manifest = shipped.manifest()
   manifest.setdefault("models", {})[args.name] = entry
   if args.default or not manifest.get("default"):

@@ -8,7 +8,10 @@
                        "device": str, "data": str, "folder": str,
                        "validation": {"images": [...], "bpp": float, "psnr": float,
                                       "per_image": {...}},
-                       "fingerprint": hex}}}
+                       "fingerprint": hex,
+                       # only for a run warm-started from another model; its
+                       # steps are counted in training_steps:
+                       "warm_started_from": {"model": str, "steps": int}}}}
 
 Each folder holds config.json and params.npz (``codec.save_params``; stored as
 float16 to keep the package small, loaded as float32: encoder and decoder load
