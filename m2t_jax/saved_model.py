@@ -1,0 +1,57 @@
+"""A trained model on disk: a folder with config.json and params.npz.
+
+``save_params`` writes it (``Codec.save``, the end of training, ``ship_model``);
+``load_params`` reads it back (``Codec.load``, ``EntropyCoder.load``, warm starts).
+params.npz holds the flattened parameter tree, one array per leaf, keys joined
+with '/' (e.g. ``entropy_model/transformer/layer_0/attention/query/kernel``).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+
+def save_params(path: str, config, params, dtype=None) -> None:
+  """Folder ``path`` with config.json and params.npz.
+
+  dtype: storage type of the parameters (e.g. np.float16 to halve the size);
+  ``load_params`` always returns float32.
+  """
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(ml_collections.ConfigDict(config).to_dict(), f, indent=1, sort_keys=True)
+  flat = {"/".join(str(k.key) for k in p): np.asarray(v, dtype=dtype)
+          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  np.savez(os.path.join(path, "params.npz"), **flat)
+
+
+def load_params(path: str):
+  """Inverse of ``save_params``: (ConfigDict, params as float32 jax arrays).
+
+  Raises FileNotFoundError when ``path`` is not such a folder, ValueError when
+  its parameters do not match its config.
+  """
+  from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports flax modules
+  config_path = os.path.join(path, "config.json")
+  params_path = os.path.join(path, "params.npz")
+  if not (os.path.isfile(config_path) and os.path.isfile(params_path)):
+    raise FileNotFoundError(f"{path!r} is not a saved m2t_jax model (it needs "
+                            "config.json and params.npz).")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  params: dict = {}
+  with np.load(params_path) as flat:
+    for key in flat.files:
+      node = params
+      *parents, leaf = key.split("/")
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = jnp.asarray(flat[key], jnp.float32)
+  expected = jax.eval_shape(lambda: model_lib.init_params(config, 0, image_size=16))
+  if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(params):
+    raise ValueError(f"The parameters in {path!r} do not match its config.json.")
+  return config, params
