@@ -20,9 +20,11 @@ SIZES = ("paper", "small", "tiny")
 
 
 def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
-  """Returns the config of entropy model ``model`` ('mt' or 'm2t') at ``size``."""
-  if model not in ("mt", "m2t"):
-    raise ValueError(f"Unknown model {model!r}: expected 'mt' or 'm2t'.")
+  """The fields every kind shares, for kind name ``model`` at ``size``.
+
+  A kind's config file (``configs/{kind}.py``) starts from this and adds or
+  changes its own fields.
+  """
   if size not in SIZES:
     raise ValueError(f"Unknown config size {size!r}: expected one of {SIZES}.")
 
