@@ -1,4 +1,4 @@
-"""The full model: E, rounding, the MT or M2T entropy model, D, and the RD loss.
+"""The full model: E, rounding, an entropy model (any registered kind), D, RD loss.
 
 Units: images are float on 0..255 (B, H, W, 3) with H, W multiples of 16 (pad
 with ``pad_to_multiple``); E sees x / 255 and D's output is read as x_hat / 255, so
@@ -19,31 +19,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from m2t_jax.entropy import gmm, patches
-from m2t_jax.entropy.m2t import M2T
-from m2t_jax.entropy.mt import MT, random_mask
+from m2t_jax.entropy import base, patches, registry
 from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis
 
 
-def entropy_model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
-  """The MT or M2T module that ``config.model`` names."""
-  cls = {"mt": MT, "m2t": M2T}.get(config.model)
-  if cls is None:
-    raise ValueError(f"Unknown model {config.model!r}: expected 'mt' or 'm2t'.")
-  t = config.transformer
-  return cls(
-      latent_channels=config.latent_channels, patch_size=config.patch_size,
-      d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
-      mlp_dim=t.mlp_dim, num_mixtures=config.gmm.num_mixtures,
-      scale_floor=config.gmm.scale_floor, embed_delta=config.embed_delta,
-      embed_layernorm=config.embed_layernorm, dropout=t.dropout,
-      num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
-      order=config.schedule.order, order_seed=config.schedule.seed)
+def entropy_model_from_config(config: ml_collections.ConfigDict) -> base.EntropyModel:
+  """The entropy model (a Flax module) of ``config.model``'s kind (registry)."""
+  return registry.build(config)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with a clear message for an impossible config."""
-  from m2t_jax.entropy import schedules  # noqa: PLC0415 - avoid a cycle at import
+  """Raises ValueError with a clear message for an impossible config: the fields
+  every kind shares here, the kind's own in its ``validate_config``."""
+  kind = registry.get(config.model)  # ValueError naming the known kinds
   t = config.transformer
   if t.d_model % t.num_heads:
     raise ValueError(f"transformer.d_model={t.d_model} must be divisible by "
@@ -51,21 +39,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.elic.num_filters % 2 or config.latent_channels % 2:
     raise ValueError("elic.num_filters and latent_channels must be even "
                      "(bottleneck blocks halve them).")
-  if config.model == "m2t" and config.schedule.order == "entropy":
-    raise ValueError("schedule.order='entropy' is MT only; M2T needs a fixed order.")
-  sizes = schedules.group_sizes(config.patch_size**2, config.schedule.num_steps,
-                                config.schedule.alpha)
-  if config.model == "m2t" and np.any(np.diff(sizes) < 0):
-    raise ValueError(f"M2T needs non-decreasing group sizes; schedule.alpha="
-                     f"{config.schedule.alpha} gives {sizes.tolist()}. Use alpha >= 1.")
   if config.gmm.num_mixtures < 1 or not 0 < config.gmm.prob_floor < 1e-3:
     raise ValueError("gmm.num_mixtures must be >= 1 and 0 < gmm.prob_floor < 1e-3.")
   if config.gmm.table_radius < 1 or config.gmm.get("narrow_radius", 0) < 0:
     raise ValueError("gmm.table_radius must be >= 1 and gmm.narrow_radius >= 0.")
   if not 0 < config.gmm.get("wide_threshold", 0.5) < 1:
     raise ValueError("gmm.wide_threshold must be in (0, 1).")
-  if not 0 < config.mt_mask_ratio_min <= config.mt_mask_ratio_max <= 1:
-    raise ValueError("Need 0 < mt_mask_ratio_min <= mt_mask_ratio_max <= 1.")
+  kind.model.validate_config(config)
 
 
 def pad_to_multiple(image: jax.Array, multiple: int = DOWNSCALE) -> jax.Array:
@@ -98,27 +78,11 @@ class CompressionModel(nn.Module):
     """(B, h, w, C) -> reconstruction (B, 16h, 16w, 3) on 0..255, unclipped."""
     return self.synthesis(y_hat) * 255.0
 
-  def token_mixtures(self, tokens, rng=None, train: bool = False):
-    """Entropy model over tokens (N, L, C) -> (Mixture, paid (N, L) bool).
-
-    ``paid`` marks the tokens whose bits the rate counts: all for M2T, the masked
-    ones for MT (random mask from ``rng``, or everything masked without one).
-    """
-    c = self.config
-    n, length, _ = tokens.shape
-    if c.model == "m2t":
-      return (self.entropy_model(tokens, deterministic=not train),
-              jnp.ones((n, length), bool))
-    if rng is None:
-      masked = jnp.ones((n, length), bool)
-    else:
-      masked = random_mask(rng, n, length, c.mt_mask_ratio_min, c.mt_mask_ratio_max)
-    return self.entropy_model(tokens, ~masked, deterministic=not train), masked
-
   def __call__(self, image: jax.Array, rng=None, train: bool = False):
     """Forward pass. image (B, H, W, 3) 0..255, H, W multiples of 16.
 
-    rng: needed when train=True (uniform noise, MT masks). Returns a dict:
+    rng: needed when train=True (uniform noise, and the entropy model's own
+      randomness, e.g. MT's masks). Returns a dict:
       bits (B,) estimated bits per image; bpp (B,); mse (B,) on 0..255;
       psnr (B,) dB; reconstruction (B, H, W, 3) on 0..255 (unclipped);
       y_hat (B, h, w, C) rounded latent.
@@ -133,17 +97,17 @@ class CompressionModel(nn.Module):
     if train:
       if rng is None:
         raise ValueError("train=True needs an rng for the noise and the MT masks.")
-      noise_rng, mask_rng = jax.random.split(rng)
+      noise_rng, mask_rng = jax.random.split(rng)  # mask_rng: the kind's own
       targets = y + jax.random.uniform(noise_rng, y.shape, minval=-0.5, maxval=0.5)
     else:
       targets = y_hat
     target_tokens, _ = patches.to_patches(targets, c.patch_size)
-    mixture, paid = self.token_mixtures(tokens, mask_rng, train)
-    elem_bits = gmm.bits(mixture, target_tokens, c.gmm.prob_floor)  # (N, L, C)
-    token_bits = jnp.sum(elem_bits, axis=-1)
-    paid = paid & valid
-    # MT pays only the masked tokens: scale each patch's mean bits per masked token
-    # to all of its valid tokens, so that MT and M2T report bits in the same units.
+    rate = self.entropy_model.rate(tokens, target_tokens, rng=mask_rng, train=train)
+    token_bits = jnp.sum(rate.bits, axis=-1)  # (N, L)
+    paid = rate.paid & valid
+    # A kind may pay only some tokens (MT: the masked ones): scale each patch's
+    # mean bits per paid token to all of its valid tokens, so that every kind
+    # reports bits in the same units.
     num_valid = jnp.sum(valid, axis=-1)
     num_paid = jnp.maximum(jnp.sum(paid, axis=-1), 1)
     patch_bits = jnp.sum(token_bits * paid, axis=-1) * num_valid / num_paid
@@ -180,4 +144,4 @@ def init_params(config, seed: int = 0, image_size: int | None = None):
   size = image_size or config.crop_size
   x = jnp.zeros((1, size, size, 3), jnp.float32)
   # Jitted: op-by-op initialisation of the whole model is several times slower.
-  return jax.jit(model.init)(jax.random.PRNGKey(seed), x)["params"]
+  return jax.jit(model.init)(jax.random.key(seed), x)["params"]

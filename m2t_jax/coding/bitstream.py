@@ -7,7 +7,7 @@ length.
 |-------:|-----:|---------|-----------------------------------------------------|
 |      0 |    4 | bytes   | magic ``b"M2TJ"``                                   |
 |      4 |    1 | u8      | format version (2)                                  |
-|      5 |    1 | u8      | model kind: 0 = mt, 1 = m2t                         |
+|      5 |    1 | u8      | model kind: its registry code (0 = mt, 1 = m2t)     |
 |      6 |    1 | u8      | schedule order: 0 = qlds, 1 = random, 2 = raster,   |
 |        |      |         | 3 = entropy                                         |
 |      7 |    1 | u8      | number of decode steps, 1..255                      |
@@ -45,9 +45,10 @@ import numbers
 import struct
 import zlib
 
+from m2t_jax.entropy import registry
+
 MAGIC = b"M2TJ"
 FORMAT_VERSION = 2
-MODEL_KINDS = ("mt", "m2t")  # Index = stored byte.
 ORDERS = ("qlds", "random", "raster", "entropy")  # Index = stored byte.
 MAX_IMAGE_SIDE = 2**16
 FINGERPRINT_BYTES = 16
@@ -71,7 +72,7 @@ class Header:
   """What a decoder needs besides the payload.
 
   Attributes:
-    model_kind: "mt" or "m2t".
+    model_kind: a registered kind (``entropy/registry.py``), e.g. "mt" or "m2t".
     order: schedule order, one of "qlds", "random", "raster", "entropy".
     num_steps: number of decode steps, 1..255.
     alpha: schedule parameter; stored as float32, so ``unpack`` returns the
@@ -95,8 +96,9 @@ def _is_int(x) -> bool:
 
 def _header_problem(header: Header) -> str | None:
   """Why ``header`` cannot be stored, or None if it can."""
-  if header.model_kind not in MODEL_KINDS:
-    return f"unknown model kind {header.model_kind!r}; expected one of {MODEL_KINDS}"
+  if header.model_kind not in registry.names():
+    return (f"unknown model kind {header.model_kind!r}; expected one of "
+            f"{registry.names()}")
   if header.order not in ORDERS:
     return f"unknown schedule order {header.order!r}; expected one of {ORDERS}"
   if not _is_int(header.num_steps) or not 1 <= header.num_steps <= 255:
@@ -147,7 +149,7 @@ def pack(header: Header, payload: bytes) -> bytes:
   if len(payload) > _MAX_PAYLOAD:
     raise ValueError(f"payload of {len(payload)} bytes exceeds the u32 length field")
   body = _HEADER.pack(
-      MAGIC, FORMAT_VERSION, MODEL_KINDS.index(header.model_kind),
+      MAGIC, FORMAT_VERSION, registry.get(header.model_kind).code,
       ORDERS.index(header.order), header.num_steps, float(header.alpha),
       header.height, header.width, header.fingerprint, len(payload)) + payload
   return body + _CRC.pack(zlib.crc32(body))
@@ -200,11 +202,13 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             f"; the header declares {expected} bytes in all but the stream has "
             f"{len(data)}, so it may be truncated or have extra bytes appended")
     raise BitstreamError(f"corrupted stream: CRC32 mismatch{hint}")
-  if kind >= len(MODEL_KINDS):
-    raise BitstreamError(f"invalid header: unknown model kind byte {kind}")
+  kind_entry = registry.by_code(kind)
+  if kind_entry is None:
+    raise BitstreamError(f"invalid header: unknown model kind byte {kind} (this "
+                         f"m2t_jax knows {registry.names()})")
   if order >= len(ORDERS):
     raise BitstreamError(f"invalid header: unknown schedule order byte {order}")
-  header = Header(model_kind=MODEL_KINDS[kind], order=ORDERS[order],
+  header = Header(model_kind=kind_entry.name, order=ORDERS[order],
                   num_steps=num_steps, alpha=alpha, height=height, width=width,
                   fingerprint=fingerprint)
   problem = _header_problem(header)

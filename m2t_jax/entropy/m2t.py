@@ -16,6 +16,10 @@ plus that of its target location, so one model is valid for any schedule.
 Shapes: tokens (B, L, C) in location order (``patches.to_patches``); mixture
 fields (B, L, C, K) in location order for ``__call__``, and (B, g_i, C, K) in the
 order of ``schedule.group(i)`` for ``step``.
+
+As an ``entropy.base.EntropyModel``: ``rate`` is the teacher-forced pass (exactly
+the decode steps' distributions, so ``one_pass_rate``); decode state = the k/v
+cache and the previous group's values; step i has its own static shapes.
 """
 
 import functools
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax.entropy import schedules
+from m2t_jax.entropy import base, gmm, schedules
 from m2t_jax.entropy.embedding import LocationEmbedding, TokenEmbedding
 from m2t_jax.entropy.gmm import Mixture, MixtureHead
 from m2t_jax.nn import transformer as tfm
@@ -38,7 +42,7 @@ def _static_maps(patch_size, num_steps, alpha, order, seed):
   return sched, maps, schedules.block_triangular_mask(sched.sizes)
 
 
-class M2T(nn.Module):
+class M2T(base.EntropyModel):
   """The M2T entropy model of one w_T x w_T patch."""
   latent_channels: int  # C
   patch_size: int  # w_T
@@ -55,6 +59,33 @@ class M2T(nn.Module):
   alpha: float = 2.2
   order: str = "qlds"
   order_seed: int = 0
+  prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
+
+  static_steps = True  # step i has cache offset o_i and size g_i: static shapes
+  one_pass_rate = True  # the teacher-forced pass equals the decode steps
+
+  @classmethod
+  def from_config(cls, config) -> "M2T":
+    t = config.transformer
+    return cls(
+        latent_channels=config.latent_channels, patch_size=config.patch_size,
+        d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
+        mlp_dim=t.mlp_dim, num_mixtures=config.gmm.num_mixtures,
+        scale_floor=config.gmm.scale_floor, embed_delta=config.embed_delta,
+        embed_layernorm=config.embed_layernorm, dropout=t.dropout,
+        num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
+        order=config.schedule.order, order_seed=config.schedule.seed,
+        prob_floor=config.gmm.prob_floor)
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    if config.schedule.order == "entropy":
+      raise ValueError("schedule.order='entropy' is MT only; M2T needs a fixed order.")
+    sizes = schedules.group_sizes(config.patch_size**2, config.schedule.num_steps,
+                                  config.schedule.alpha)
+    if np.any(np.diff(sizes) < 0):
+      raise ValueError(f"M2T needs non-decreasing group sizes; schedule.alpha="
+                       f"{config.schedule.alpha} gives {sizes.tolist()}. Use alpha >= 1.")
 
   @property
   def num_tokens(self) -> int:
@@ -120,6 +151,36 @@ class M2T(nn.Module):
     x = self._embed(values, maps.input_index[o:o + g], maps.target_index[o:o + g])
     x, cache = self.transformer(x, cache=cache, offset=o)
     return self.head(x), cache
+
+  # --- the entropy-model interface ---------------------------------------------
+  def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
+    """Teacher-forced bits of every token (all paid); ``rng`` is unused."""
+    del rng
+    mixture = self(tokens, deterministic=not train)
+    return base.Rate(gmm.bits(mixture, targets, self.prob_floor),
+                     jnp.ones(tokens.shape[:2], bool))
+
+  def coding_plan(self) -> tuple[base.PlannedStep, ...]:
+    sched = self.schedule
+    return tuple(base.PlannedStep(int(sched.sizes[i]), (0, self.latent_channels),
+                                  sched.group(i)) for i in range(sched.num_steps))
+
+  def init_decode_state(self, valid):
+    """{'cache': empty k/v cache, 'prev': (N, 0, C)}: nothing decoded yet."""
+    n = np.asarray(valid).shape[0]
+    return {"cache": self.init_cache(n),
+            "prev": jnp.zeros((n, 0, self.latent_channels), jnp.float32)}
+
+  def decode_step(self, state, step: int):
+    """Feeds group step-1's values, reads group ``step``'s mixtures (static step)."""
+    mixture, cache = self.step(state["prev"], state["cache"], step)
+    group = jnp.asarray(self.schedule.group(step), jnp.int32)
+    cells = jnp.broadcast_to(group, (state["prev"].shape[0], group.shape[0]))
+    return cells, mixture, {"cache": cache, "prev": state["prev"]}
+
+  def decode_update(self, state, step, cells, values):
+    del step, cells  # the next step feeds exactly this group, in this order
+    return {"cache": state["cache"], "prev": jnp.asarray(values, jnp.float32)}
 
   def init_cache(self, batch: int, dtype=jnp.float32) -> tfm.Cache:
     """Empty key/value cache for ``batch`` patches (all L slots)."""

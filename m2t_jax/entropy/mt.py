@@ -9,6 +9,11 @@ instance as the lowest-entropy unknown tokens (``select_lowest_entropy``).
 
 Shapes: tokens (B, L, C) in location order; known (B, L) bool; mixture fields
 (B, L, C, K) in location order.
+
+As an ``entropy.base.EntropyModel``: ``rate`` pays the masked tokens of a random
+mask (or of the all-masked input without an rng); decode state = the tokens
+decoded so far and which are known; every step is one full pass, and one
+compilation serves all steps (the step's cells are padded to the largest group).
 """
 
 import flax.linen as nn
@@ -16,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax.entropy import schedules
+from m2t_jax.entropy import base, gmm, schedules
 from m2t_jax.entropy.embedding import LocationEmbedding, TokenEmbedding
 from m2t_jax.entropy.gmm import Mixture, MixtureHead
 from m2t_jax.nn import transformer as tfm
 
 
-class MT(nn.Module):
+class MT(base.EntropyModel):
   """The MT entropy model of one w_T x w_T patch."""
   latent_channels: int  # C
   patch_size: int  # w_T
@@ -39,6 +44,33 @@ class MT(nn.Module):
   alpha: float = 2.2
   order: str = "qlds"  # or 'entropy' (instance-adaptive)
   order_seed: int = 0
+  prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
+  mask_ratio_min: float = 0.05  # training masks: fraction ~ U(min, max)
+  mask_ratio_max: float = 0.99
+  rank_radius: int = 16  # the entropy-adaptive order ranks tokens by +-R tables
+  # (narrower ones would lump the tail into the escape and look too certain)
+
+  static_steps = False  # one full pass per step, one compilation for all
+  one_pass_rate = False  # the rate of S passes needs the decode loop
+
+  @classmethod
+  def from_config(cls, config) -> "MT":
+    t = config.transformer
+    return cls(
+        latent_channels=config.latent_channels, patch_size=config.patch_size,
+        d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
+        mlp_dim=t.mlp_dim, num_mixtures=config.gmm.num_mixtures,
+        scale_floor=config.gmm.scale_floor, embed_delta=config.embed_delta,
+        embed_layernorm=config.embed_layernorm, dropout=t.dropout,
+        num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
+        order=config.schedule.order, order_seed=config.schedule.seed,
+        prob_floor=config.gmm.prob_floor, mask_ratio_min=config.mt_mask_ratio_min,
+        mask_ratio_max=config.mt_mask_ratio_max, rank_radius=config.gmm.table_radius)
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    if not 0 < config.mt_mask_ratio_min <= config.mt_mask_ratio_max <= 1:
+      raise ValueError("Need 0 < mt_mask_ratio_min <= mt_mask_ratio_max <= 1.")
 
   @property
   def num_tokens(self) -> int:
@@ -72,6 +104,59 @@ class MT(nn.Module):
                                x, deterministic=deterministic)
     return MixtureHead(self.latent_channels, self.num_mixtures, self.scale_floor,
                        name="head")(x)
+
+  # --- the entropy-model interface ---------------------------------------------
+  def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
+    """Bits of the masked tokens: a random mask from ``rng``, else all masked."""
+    n, length, _ = tokens.shape
+    if rng is None:
+      masked = jnp.ones((n, length), bool)
+    else:
+      masked = random_mask(rng, n, length, self.mask_ratio_min, self.mask_ratio_max)
+    mixture = self(tokens, ~masked, deterministic=not train)
+    return base.Rate(gmm.bits(mixture, targets, self.prob_floor), masked)
+
+  def coding_plan(self) -> tuple[base.PlannedStep, ...]:
+    channels = (0, self.latent_channels)
+    if self.order == "entropy":
+      return tuple(base.PlannedStep(int(g), channels) for g in self.group_sizes)
+    sched = self.schedule
+    return tuple(base.PlannedStep(int(sched.sizes[i]), channels, sched.group(i))
+                 for i in range(sched.num_steps))
+
+  def init_decode_state(self, valid):
+    """{'tokens': (N, L, C) float32 zeros, 'known': (N, L) bool}; padding cells
+    are known from the start (zeros) and never coded."""
+    valid = np.asarray(valid)
+    return {"tokens": jnp.zeros(valid.shape + (self.latent_channels,), jnp.float32),
+            "known": jnp.asarray(~valid)}
+
+  def decode_step(self, state, step):
+    """One full pass; cells (N, g_max) padded to the largest group (traced step)."""
+    tokens, known = state["tokens"], state["known"]
+    g_max = int(self.group_sizes.max())
+    mixture = self(tokens, known)
+    if self.order == "entropy":
+      # Rank tokens by the entropy of their full-width tables: a narrow table
+      # lumps the tail into its escape and would make wide tokens look certain.
+      _, full = gmm.coding_tables(mixture, self.rank_radius, self.prob_floor)
+      entropy = jnp.sum(gmm.table_entropy_bits(full), axis=-1)  # bits per token
+      cells = select_lowest_entropy(entropy, known, g_max)
+    else:
+      sched = self.schedule
+      table = np.stack([np.pad(sched.group(i), (0, g_max - int(sched.sizes[i])),
+                               mode="edge") for i in range(sched.num_steps)])
+      cells = jnp.broadcast_to(jnp.asarray(table, jnp.int32)[step],
+                               (tokens.shape[0], g_max))
+    take = lambda t: jnp.take_along_axis(
+        t, cells.reshape(cells.shape + (1,) * (t.ndim - 2)), axis=1)
+    return cells, jax.tree_util.tree_map(take, mixture), state
+
+  def decode_update(self, state, step, cells, values):
+    del step
+    rows = np.arange(cells.shape[0])[:, None]
+    return {"tokens": state["tokens"].at[rows, cells].set(jnp.asarray(values, jnp.float32)),
+            "known": state["known"].at[rows, cells].set(True)}
 
 
 def random_mask(rng: jax.Array, batch: int, num_tokens: int, ratio_min: float,

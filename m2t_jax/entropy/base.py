@@ -1,0 +1,156 @@
+"""The interface every entropy model implements.
+
+An entropy model sees the quantised latent cut into patches: ``tokens`` (N, L, C)
+float32, N patches of L = w_T^2 tokens (cells) of C channels, in location order
+(``patches.to_patches``). An *element* is one (cell, channel) of one patch. The
+model predicts a Gaussian mixture (``gmm.Mixture``, fields (..., K)) for each
+element; the range coder pays -log2 of the mixture's mass of the element's bin.
+
+What a kind provides (and what everything above ``entropy/`` uses, nothing else):
+
+1. **Training**: ``rate(tokens, targets, rng=None, train=False)`` -> ``Rate``:
+   bits of every element of ``targets`` (N, L, C) in one pass, and which tokens
+   the rate counts. ``rng`` is the kind's own randomness (for example MT's random
+   masks) and is only given in training; dropout uses Flax's 'dropout' rng.
+2. **The coding plan**: ``coding_plan()`` -> one ``PlannedStep`` per decode step:
+   how many cells it predicts, which channels, and which cells (or None when the
+   cells are chosen at decode time from state both sides hold, as MT's
+   entropy-adaptive order does). Every element of a patch is predicted by exactly
+   one step.
+3. **Decoding**, as an explicit state (maskgit's loop state, GIVT's cache):
+   ``init_decode_state(valid)`` -> a pytree of arrays, without parameters;
+   ``decode_step(state, step)`` (through ``apply`` with the parameters) ->
+   (cells int32 (N, g'), Mixture (N, g', c, K), new state), where g' >= g of the
+   plan and the first g rows are the step's (a model may pad to share one
+   compilation between steps, see ``static_steps``);
+   ``decode_update(state, step, cells, values)`` -> the state with the values
+   (N, g, c) of the step's elements written in, again without parameters.
+   The encoder runs exactly these functions with the true values, the decoder
+   with the decoded ones, so both compute bit-identical distributions.
+
+``static_steps``: True when ``step`` must be a Python int (each step has its own
+shapes, like M2T's cache offsets: one compilation per step); False when it may be
+a traced int32 (one compilation serves every step, like MT's full passes).
+``one_pass_rate``: True when ``rate(tokens, tokens)`` (train=False) gives exactly
+the distributions the decode steps give (M2T's teacher-forced pass), so a rate
+estimate needs no decode loop.
+
+A kind also has ``from_config(config)`` (the module of a config) and
+``validate_config(config)`` (ValueError for its impossible settings); the registry
+(``entropy/registry.py``) maps ``config.model`` to the class.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from m2t_jax.entropy import gmm
+
+
+class Rate(NamedTuple):
+  """Training output of ``EntropyModel.rate``.
+
+  bits: (N, L, C) float32, bits of each element's target.
+  paid: (N, L) bool, the tokens whose bits the rate counts (all of them, or MT's
+    masked ones; the model scales the paid tokens' mean to all valid tokens).
+  """
+  bits: jax.Array
+  paid: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedStep:
+  """One decode step of a coding plan.
+
+  size: g, the number of cells the step predicts in every patch.
+  channels: (start, stop), the channel slice predicted for those cells; (0, C)
+    for a model that codes whole tokens.
+  cells: (g,) int cell indices in the order of the step's outputs, or None when
+    the model chooses them at decode time from state (the same on both sides).
+  """
+  size: int
+  channels: tuple[int, int]
+  cells: np.ndarray | None = None
+
+  @property
+  def num_channels(self) -> int:
+    return self.channels[1] - self.channels[0]
+
+
+State = Any  # a pytree of arrays
+
+
+class EntropyModel(nn.Module):
+  """Base class of the entropy models. Subclasses are Flax modules that define the
+  fields ``latent_channels`` (C) and ``patch_size`` (w_T) and the methods below."""
+
+  static_steps = True
+  one_pass_rate = False
+
+  # --- construction ---------------------------------------------------------
+  @classmethod
+  def from_config(cls, config) -> "EntropyModel":
+    """The module of a full config (``config.model`` names this kind)."""
+    raise NotImplementedError
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    """Raises ValueError for settings this kind cannot run. Default: none."""
+    del config
+
+  @property
+  def num_tokens(self) -> int:
+    """L = w_T^2 cells per patch."""
+    return self.patch_size * self.patch_size
+
+  # --- training ---------------------------------------------------------------
+  def rate(self, tokens: jax.Array, targets: jax.Array, rng: jax.Array | None = None,
+           train: bool = False) -> Rate:
+    """Bits of ``targets`` (N, L, C) given ``tokens`` (N, L, C), in one pass."""
+    raise NotImplementedError
+
+  # --- coding -----------------------------------------------------------------
+  def coding_plan(self) -> tuple[PlannedStep, ...]:
+    """The decode steps, in order (see the module docstring)."""
+    raise NotImplementedError
+
+  def init_decode_state(self, valid: np.ndarray) -> State:
+    """Initial decode state of N patches; valid (N, L) bool marks real cells
+    (padding cells are never coded; they hold 0)."""
+    raise NotImplementedError
+
+  def decode_step(self, state: State, step) -> tuple[jax.Array, gmm.Mixture, State]:
+    """Predicts step ``step``: (cells (N, g'), Mixture (N, g', c, K), state)."""
+    raise NotImplementedError
+
+  def decode_update(self, state: State, step: int, cells: np.ndarray,
+                    values: np.ndarray) -> State:
+    """Writes the step's values (N, g, c) (decoded, or true ones when encoding)."""
+    raise NotImplementedError
+
+
+def check_plan(plan, num_tokens: int, num_channels: int) -> None:
+  """Raises ValueError unless the fixed parts of ``plan`` cover every element of a
+  patch exactly once (steps with cells=None are only checked for their sizes)."""
+  count = np.zeros((num_tokens, num_channels), int)
+  for i, step in enumerate(plan):
+    start, stop = step.channels
+    if not 0 <= start < stop <= num_channels or not 1 <= step.size <= num_tokens:
+      raise ValueError(f"Step {i} of the plan: size {step.size}, channels "
+                       f"{step.channels} do not fit {num_tokens} cells x "
+                       f"{num_channels} channels.")
+    if step.cells is not None:
+      if len(step.cells) != step.size:
+        raise ValueError(f"Step {i}: {len(step.cells)} cells for size {step.size}.")
+      count[np.asarray(step.cells), start:stop] += 1
+  if all(s.cells is not None for s in plan) and not np.all(count == 1):
+    raise ValueError("The coding plan does not predict every element exactly once.")
+  per_channel = np.zeros(num_channels, int)
+  for step in plan:
+    per_channel[step.channels[0]:step.channels[1]] += step.size
+  if not np.all(per_channel == num_tokens):
+    raise ValueError("The coding plan's sizes do not add up to every cell of every "
+                     "channel.")
