@@ -8,8 +8,7 @@ setup(
     description="M2T: Masking Transformers Twice for Faster Decoding, in JAX/Flax",
     packages=find_packages(include=["m2t_jax", "m2t_jax.*"]),
     # Shipped models: manifest.json and one folder (config.json, params.npz) each.
-    package_data={"m2t_jax": ["models/manifest.json", "models/*/config.json",
-                              "models/*/params.npz"]},
+    package_data={"m2t_jax.models": ["manifest.json", "*/config.json", "*/params.npz"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35", "flax>=0.10", "optax>=0.2.3", "orbax-checkpoint>=0.10",
@@ -19,5 +18,5 @@ setup(
         "tqdm>=4",
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.5"]},
-    entry_points={"console_scripts": ["m2t=m2t_jax.cli:main"]},
+    entry_points={"console_scripts": ["m2t=m2t_jax.app.cli:main"]},
 )

@@ -4,7 +4,7 @@
         [--codecs jpeg webp avif] [--qualities 10 30 50 70 90] [--max-images N]
         [--max-side PX]
 
-Every image is coded at every quality with Pillow (``m2t_jax.classical``) and
+Every image is coded at every quality with Pillow (``m2t_jax.evaluation.classical``) and
 measured with the same metrics as ``m2t eval``: bpp from the real file bytes,
 PSNR-RGB and MS-SSIM of the decoded 8-bit image, encode and decode seconds.
 
@@ -29,10 +29,10 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from m2t_jax import classical, evaluate  # noqa: E402
+from m2t_jax.evaluation import classical, rd  # noqa: E402
 
 
-def _downsized(item: evaluate.ImageItem, max_side: int) -> evaluate.ImageItem:
+def _downsized(item: rd.ImageItem, max_side: int) -> rd.ImageItem:
   def load():
     image = item.load()
     h, w = image.shape[:2]
@@ -41,7 +41,7 @@ def _downsized(item: evaluate.ImageItem, max_side: int) -> evaluate.ImageItem:
       return image
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-  return evaluate.ImageItem(item.name, load)
+  return rd.ImageItem(item.name, load)
 
 
 def main(argv=None) -> int:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   try:
-    items = evaluate.folder_images(args.images)
+    items = rd.folder_images(args.images)
     if args.max_images > 0:
       items = items[:args.max_images]
     if args.max_side > 0:
@@ -76,15 +76,15 @@ def main(argv=None) -> int:
   for codec, doc in docs.items():
     doc["meta"].update({"dataset": f"folder:{args.images}", "num_inputs": len(items),
                         "max_side": args.max_side or None})
-    evaluate.write_json(f"{stem}.{codec}.json", doc)
-  evaluate.write_json(args.output, list(docs.values()))
-  evaluate.write_json(evaluate.per_image_path(args.output),
+    rd.write_json(f"{stem}.{codec}.json", doc)
+  rd.write_json(args.output, list(docs.values()))
+  rd.write_json(rd.per_image_path(args.output),
                       {"dataset": f"folder:{args.images}", "images": records})
   for codec, doc in docs.items():
     r = doc["results"]
     print(f"{codec}: " + ", ".join(f"q{q} {b:.3f} bpp {p:.2f} dB" for q, b, p in
                                    zip(r["quality"], r["bpp"], r["psnr-rgb"], strict=True)))
-  print(f"wrote {args.output}, {stem}.<codec>.json and {evaluate.per_image_path(args.output)}")
+  print(f"wrote {args.output}, {stem}.<codec>.json and {rd.per_image_path(args.output)}")
   failed = [r for r in records if "error" in r]
   if failed:
     print(f"classical: warning: {len(failed)} evaluations failed (see the per-image file)",

@@ -15,7 +15,9 @@ import os
 
 import numpy as np
 
-from m2t_jax import Codec, demo, evaluate, metrics
+from m2t_jax import Codec
+from m2t_jax.app import demo
+from m2t_jax.evaluation import metrics, rd
 
 
 def main(argv=None):
@@ -27,7 +29,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   codec = Codec.load(args.model)
   rows = []
-  for item in evaluate.folder_images(args.images):
+  for item in rd.folder_images(args.images):
     image = item.load()
     pixels = image.shape[0] * image.shape[1]
     data = codec.compress(image)

@@ -20,7 +20,8 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax import Codec, images, metrics, summary
+from m2t_jax import Codec, configs, images
+from m2t_jax.evaluation import metrics
 from m2t_jax.coding import steppers
 from m2t_jax.entropy import gmm, patches, schedules
 
@@ -68,7 +69,7 @@ def main(argv=None):
   parser.add_argument("--image", default=None, help="default: skimage's astronaut")
   parser.add_argument("--output", default="out/progressive.json")
   args = parser.parse_args(argv)
-  codec = (Codec.from_config(summary.load_config(*args.config.split(":", 1)))
+  codec = (Codec.from_config(configs.load_config(args.config))
            if args.config else Codec.load(args.checkpoint))
   if args.image:
     image = images.read_rgb(args.image)[0]

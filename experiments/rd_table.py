@@ -12,7 +12,7 @@ For every curve (ours and the reference curves drawn beside them) the table
 gives the BD-rate against the anchor (default: VTM on Kodak, from
 ``third_party/rd_curves/<dataset>/``) with PCHIP interpolation and, beside it,
 the classic cubic fit, both over the PSNR range where the curve and the anchor
-overlap (``m2t_jax.bdrate``). Negative: fewer bits than the anchor at equal
+overlap (``m2t_jax.evaluation.bdrate``). Negative: fewer bits than the anchor at equal
 PSNR. A curve without overlap, or with too few points for a method, gets
 "n/a" and the reason.
 
@@ -35,7 +35,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from m2t_jax import bdrate  # noqa: E402
+from m2t_jax.evaluation import bdrate  # noqa: E402
 
 CURVES_DIR = os.path.join(REPO, "third_party", "rd_curves")
 # The curves in the reference README's orientation list (Kodak).

@@ -20,7 +20,7 @@ import sys
 import ml_collections
 import numpy as np
 
-from m2t_jax import Codec, images, summary
+from m2t_jax import Codec, configs, images
 
 
 def _load_images(folder, max_images):
@@ -99,7 +99,7 @@ def main(argv=None):
   parser.add_argument("--output", default="out/schedule_ablation.json")
   args = parser.parse_args(argv)
   if args.config:
-    base = Codec.from_config(summary.load_config(*args.config.split(":", 1)))
+    base = Codec.from_config(configs.load_config(args.config))
   else:
     base = Codec.load(args.checkpoint)
   if base.config.model != "mt":

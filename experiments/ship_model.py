@@ -7,7 +7,7 @@
 Takes the latest checkpoint of a training workdir (its config.json and orbax
 checkpoint), stores the parameters as float16 (codec.save_params), loads them
 back exactly as ``Codec.load`` does, and measures the validation images with real
-bytes (``evaluate.evaluate_image``): per-image and mean bpp and PSNR go into the
+bytes (``rd.evaluate_image``): per-image and mean bpp and PSNR go into the
 manifest, with the same figures for scikit-image's sample photos (for the
 regression test) and the fingerprint of the shipped parameters.
 """
@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from m2t_jax import codec as codec_lib
-from m2t_jax import evaluate, get_config, shipped, train
+from m2t_jax import get_config, models, train
+from m2t_jax.evaluation import rd
 
 
 def _fill_missing(config, defaults, prefix="") -> list[str]:
@@ -60,22 +61,22 @@ def main(argv=None):
     print("config fields missing in the workdir, set to today's defaults:", added)
   state = train.load_checkpoint(args.workdir)
   folder = args.name.replace(".", "_")
-  path = os.path.join(shipped.MODELS_DIR, folder)
+  path = os.path.join(models.MODELS_DIR, folder)
   codec_lib.save_params(path, config, state["params"], dtype=np.float16)
   codec = codec_lib.Codec.load(path)
-  items = evaluate.folder_images(args.val_dir)
+  items = rd.folder_images(args.val_dir)
   per_image = {}
   for item in items:
-    record = evaluate.evaluate_image(codec, item.load())
+    record = rd.evaluate_image(codec, item.load())
     per_image[item.name] = {k: record[k] for k in ("height", "width", "bpp", "estimated_bpp",
                                                    "psnr-rgb", "ms-ssim-rgb", "decoding_time")}
     print(item.name, per_image[item.name], flush=True)
   # Reference figures on photos that ship with scikit-image, for the regression
   # test of the shipped model (tests/test_shipped.py), which cannot read VAL_DIR.
-  from m2t_jax import demo
+  from m2t_jax.app import demo
   samples = {}
   for name, image in demo.sample_images():
-    record = evaluate.evaluate_image(codec, image)
+    record = rd.evaluate_image(codec, image)
     samples[name] = {k: record[k] for k in ("bpp", "estimated_bpp", "psnr-rgb")}
     print(name, samples[name], flush=True)
   if config.get("init_from"):
@@ -96,11 +97,11 @@ def main(argv=None):
   }
   if config.get("init_from"):
     entry["warm_started_from"] = {"model": config.init_from, "steps": args.steps_before}
-  manifest = shipped.manifest()
+  manifest = models.manifest()
   manifest.setdefault("models", {})[args.name] = entry
   if args.default or not manifest.get("default"):
     manifest["default"] = args.name
-  with open(shipped.MANIFEST, "w") as f:
+  with open(models.MANIFEST, "w") as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
   print(json.dumps({k: v for k, v in entry.items() if k != "validation"}, indent=1))
   print("validation:", entry["validation"]["bpp"], "bpp", entry["validation"]["psnr"], "dB")

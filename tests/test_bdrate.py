@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from m2t_jax import bdrate
+from m2t_jax.evaluation import bdrate
 
 CURVES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "third_party", "rd_curves")
 BPP = [0.1, 0.2, 0.4, 0.8, 1.6]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, features
 from skimage import data as skdata
 
-from m2t_jax import classical, evaluate
+from m2t_jax.evaluation import classical, rd
 
 REPO = os.path.dirname(os.path.dirname(__file__))
 
@@ -98,4 +98,4 @@ def test_script_writes_compressai_files_and_survives_a_bad_image(tmp_path, photo
     h, w = images[rec["image"]].shape[:2]
     assert rec["bytes"] == len(DIRECT["jpeg"](images[rec["image"]], 30))
     assert rec["bpp"] == 8 * rec["bytes"] / (h * w)
-  assert evaluate.per_image_path(str(out)).endswith("classical.per_image.json")
+  assert rd.per_image_path(str(out)).endswith("classical.per_image.json")

@@ -9,13 +9,14 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from m2t_jax import Codec, cli, get_config
+from m2t_jax import Codec, get_config
+from m2t_jax.app import cli
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, "-m", "m2t_jax.cli", *args], check=False,
+  return subprocess.run([sys.executable, "-m", "m2t_jax.app.cli", *args], check=False,
                         capture_output=True, text=True, env=ENV)
 
 
@@ -38,7 +39,7 @@ def test_compress_decompress_info_subprocess(tmp_path):
     (("decompress", "{tmp}/empty.m2t", "{tmp}/o.png", "--config", "m2t:tiny"), "truncated"),
     (("compress", "{tmp}/empty.png", "{tmp}/o.m2t", "--config", "m2t:tiny"), "cannot read"),
     (("compress", "{tmp}/missing.png", "{tmp}/o.m2t", "--config", "m2t:tiny"), "No such file"),
-    (("compress", "{tmp}/ok.png", "{tmp}/o.m2t", "--checkpoint", "{tmp}/none"), "not a saved"),
+    (("compress", "{tmp}/ok.png", "{tmp}/o.m2t", "--checkpoint", "{tmp}/none"), "saved model"),
     (("info", "{tmp}/ok.png"), "not an m2t_jax stream"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):

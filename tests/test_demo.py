@@ -6,7 +6,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from m2t_jax import Codec, demo
+from m2t_jax import Codec
+from m2t_jax.app import demo
 
 
 def test_demo_on_one_small_image(tmp_path, capsys):

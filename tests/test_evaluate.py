@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from m2t_jax import Codec, cli, evaluate, get_config
+from m2t_jax import Codec, get_config, models
+from m2t_jax.app import cli
+from m2t_jax.evaluation import rd
 
 SIZE = (64, 96)
 
@@ -34,7 +36,7 @@ def eval_run(tmp_path_factory, photos):
                        "--output", str(output)])
   with open(output) as f:
     results = json.load(f)
-  with open(evaluate.per_image_path(str(output))) as f:
+  with open(rd.per_image_path(str(output))) as f:
     per_image = json.load(f)
   return {"status": status, "results": results, "per_image": per_image,
           "stderr": stderr.getvalue(), "stdout": stdout.getvalue()}
@@ -74,15 +76,16 @@ def test_failing_image_is_reported_and_run_goes_on(eval_run):
   assert "Traceback" not in eval_run["stderr"]
 
 
-def test_without_a_checkpoint_every_shipped_m2t_model(tmp_path):
-  from m2t_jax import shipped
+def test_without_a_checkpoint_every_shipped_model_of_the_default_kind(tmp_path):
   Image.fromarray(skdata.coffee()[:40, :56]).save(tmp_path / "a.png")
   status = cli.main(["eval", "--images", str(tmp_path), "--output", str(tmp_path / "r.json"),
                      "--no-progress"])
   assert status == 0
   with open(tmp_path / "r.json") as f:
     results = json.load(f)
-  assert len(results["results"]["bpp"]) == len(shipped.names("m2t")) >= 1
+  default_kind = models.manifest()["models"][models.manifest()["default"]]["kind"]
+  assert results["results"]["model"] == [default_kind] * len(models.names(default_kind))
+  assert len(models.names(default_kind)) >= 1
 
 
 def test_missing_folder_and_checkpoint_errors(tmp_path, capsys):
@@ -95,14 +98,14 @@ def test_missing_folder_and_checkpoint_errors(tmp_path, capsys):
 
 
 def test_tfds_spec():
-  assert evaluate.parse_tfds_spec("kodak:test") == ("kodak", "test")
-  assert evaluate.parse_tfds_spec("clic/pro:1.0.0:validation") == ("clic/pro:1.0.0",
+  assert rd.parse_tfds_spec("kodak:test") == ("kodak", "test")
+  assert rd.parse_tfds_spec("clic/pro:1.0.0:validation") == ("clic/pro:1.0.0",
                                                                     "validation")
   with pytest.raises(ValueError, match="NAME:SPLIT"):
-    evaluate.parse_tfds_spec("kodak")
+    rd.parse_tfds_spec("kodak")
 
 
 def test_compressai_results_sorted_by_bpp():
   points = [{"bpp": 0.5, "psnr-rgb": 32.0}, {"bpp": 0.2, "psnr-rgb": 29.0}]
-  doc = evaluate.compressai_results("x", "y", points, keys=("bpp", "psnr-rgb"))
+  doc = rd.compressai_results("x", "y", points, keys=("bpp", "psnr-rgb"))
   assert doc["results"] == {"bpp": [0.2, 0.5], "psnr-rgb": [29.0, 32.0]}

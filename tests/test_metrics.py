@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from m2t_jax import metrics
+from m2t_jax.evaluation import metrics
 
 
 def _noisy(image, sigma, seed=0):

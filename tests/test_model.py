@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from m2t_jax import configs
 from m2t_jax import model as model_lib
-from m2t_jax import summary
+from m2t_jax.app import summary
 from m2t_jax.configs import get_config
 
 
@@ -18,10 +19,10 @@ def test_forward_and_gradients(kind):
   config = get_config(kind, "tiny")
   m = model_lib.build_model(config)
   params = model_lib.init_params(config)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 48, 3)) * 255
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 48, 3)) * 255
 
   def loss_fn(p):
-    out = m.apply({"params": p}, x, rng=jax.random.PRNGKey(1), train=True)
+    out = m.apply({"params": p}, x, rng=jax.random.key(1), train=True)
     return model_lib.rd_loss(out, 0.01), out
 
   (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -45,7 +46,7 @@ def test_eval_rate_is_bits_of_rounded_latent():
   config = get_config("m2t", "tiny")
   m = model_lib.build_model(config)
   params = model_lib.init_params(config)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (1, 32, 32, 3)) * 255
+  x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3)) * 255
   out = m.apply({"params": params}, x)
   from m2t_jax.entropy import gmm, patches
   tokens, valid = patches.to_patches(out["y_hat"], config.patch_size)
@@ -103,9 +104,9 @@ def test_paper_config_matches_spec():
 
 
 def test_config_file_and_summary_command():
-  c = summary.load_config("m2t_jax/configs/mt.py:tiny")
+  c = configs.load_config("m2t_jax/configs/mt.py:tiny")
   assert c.model == "mt" and c.size == "tiny"
-  result = subprocess.run([sys.executable, "-m", "m2t_jax.cli", "summary", "m2t", "tiny"],
+  result = subprocess.run([sys.executable, "-m", "m2t_jax.app.cli", "summary", "m2t", "tiny"],
                           capture_output=True, text=True, check=True)
   for part in ("encoder", "decoder", "transformer", "head", "total"):
     assert part in result.stdout

@@ -4,11 +4,14 @@ the sample photos as it did when it was shipped (a regression guard)."""
 import numpy as np
 import pytest
 
-from m2t_jax import Codec, demo, metrics, shipped
+from m2t_jax import Codec, models
+from m2t_jax.app import demo
+from m2t_jax.entropy import registry
+from m2t_jax.evaluation import metrics
 
 
 def test_a_default_model_ships():
-  manifest = shipped.manifest()
+  manifest = models.manifest()
   assert manifest["default"] in manifest["models"]
   entry = manifest["models"][manifest["default"]]
   assert entry["kind"] == "m2t"
@@ -16,9 +19,9 @@ def test_a_default_model_ships():
     assert key in entry
 
 
-@pytest.mark.parametrize("model_name", shipped.names())
+@pytest.mark.parametrize("model_name", models.names())
 def test_shipped_model_round_trip_and_figures(model_name):
-  entry = shipped.manifest()["models"][model_name]
+  entry = models.manifest()["models"][model_name]
   codec = Codec.load(model_name)
   assert codec.config.model == entry["kind"]
   assert codec.fingerprint.hex() == entry["fingerprint"]
@@ -41,4 +44,25 @@ def test_shipped_model_round_trip_and_figures(model_name):
 def test_shipped_names_resolve():
   assert Codec.load("m2t").fingerprint == Codec.load().fingerprint
   with pytest.raises(FileNotFoundError, match="No shipped model named"):
-    shipped.resolve("no-such-model")
+    models.resolve("no-such-model")
+
+
+def test_a_kind_resolves_to_its_default_or_first_model():
+  manifest = models.manifest()
+  default = manifest["default"]
+  for name in models.names():
+    assert models.resolve(name).endswith(manifest["models"][name]["folder"])
+  for kind in models.kinds():
+    assert kind in registry.names()
+    names = models.names(kind)
+    expected = default if default in names else names[0]
+    assert models.resolve(kind) == models.resolve(expected)
+  assert models.kinds()[0] == manifest["models"][default]["kind"]
+  # A registered kind of which no model ships.
+  kind = registry.Kind("no-model-kind", code=250, model=object, config=lambda size: None)
+  registry.register(kind)
+  try:
+    with pytest.raises(FileNotFoundError, match="No shipped model of kind"):
+      models.resolve("no-model-kind")
+  finally:
+    registry.unregister("no-model-kind")

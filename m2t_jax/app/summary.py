@@ -1,12 +1,16 @@
 """Parameter counts of a config, per part (no weights are allocated).
 
-``python -m m2t_jax.summary m2t paper`` or ``m2t summary m2t_jax/configs/mt.py:small``.
+``python -m m2t_jax.app.summary m2t paper``, ``m2t summary m2t:paper`` or
+``m2t summary m2t_jax/configs/mt.py:small``.
 """
+
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m2t_jax import configs
 from m2t_jax import model as model_lib
 
 PARTS = ("encoder", "decoder", "embedding", "transformer", "head")
@@ -14,21 +18,23 @@ PARTS = ("encoder", "decoder", "embedding", "transformer", "head")
 
 def param_counts(config) -> dict:
   """{part: number of parameters} for encoder, decoder, embedding, transformer,
-  head, and total. Shapes only, via ``jax.eval_shape``."""
+  head, and total. Shapes only, via ``jax.eval_shape``.
+
+  The entropy model's 'transformer' and 'head' subtrees are counted when the
+  kind has them; all its other parameters count as 'embedding'.
+  """
   model = model_lib.build_model(config)
   size = 16 * config.patch_size
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))["params"]
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
   entropy = dict(shapes["entropy_model"])
-  counts = {
-      "encoder": count(shapes["analysis"]),
-      "decoder": count(shapes["synthesis"]),
-      "transformer": count(entropy.pop("transformer")),
-      "head": count(entropy.pop("head")),
-  }
+  counts = {"encoder": count(shapes["analysis"]), "decoder": count(shapes["synthesis"])}
+  for part in ("transformer", "head"):
+    if part in entropy:
+      counts[part] = count(entropy.pop(part))
   counts["embedding"] = count(entropy)
-  counts = {part: counts[part] for part in PARTS}
+  counts = {part: counts[part] for part in PARTS if part in counts}
   counts["total"] = sum(counts.values())
   return counts
 
@@ -52,28 +58,18 @@ def format_summary(config) -> str:
   return "\n".join(lines)
 
 
-def load_config(spec: str, size: str | None = None):
-  """'m2t', 'paper' | 'path/to/m2t.py:paper' -> ConfigDict."""
-  from m2t_jax import configs  # noqa: PLC0415
-  if spec.endswith(".py") or ".py:" in spec:
-    import importlib.util  # noqa: PLC0415
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_m2t_config", path)
-    if module_spec is None:
-      raise ValueError(f"Cannot load config file {path!r}.")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or size or "paper")
-  return configs.get_config(spec, size or "paper")
-
-
-def main(argv=None):
-  import sys  # noqa: PLC0415
+def main(argv=None) -> int:
+  """``python -m m2t_jax.app.summary CONFIG [SIZE]``; 1 on a bad config, 2 on usage."""
   args = sys.argv[1:] if argv is None else argv
-  if not args:
+  if not args or len(args) > 2:
     print(__doc__)
     return 2
-  print(format_summary(load_config(args[0], args[1] if len(args) > 1 else None)))
+  try:
+    config = configs.load_config(args[0], args[1] if len(args) > 1 else None)
+  except ValueError as e:
+    print(f"m2t summary: error: {e}", file=sys.stderr)
+    return 1
+  print(format_summary(config))
   return 0
 
 

@@ -11,7 +11,8 @@
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
 of decompress is written as PNG. ``--checkpoint`` names a folder written by
-``Codec.save``, or the name of a shipped model ('m2t', 'mt'); without it the
+``Codec.save``, a shipped model (``m2t_jax/models/manifest.json``) or a model kind
+('m2t': the shipped model of that kind, the default one if it is); without it the
 default shipped model is used. ``--config m2t:tiny`` gives a randomly initialised
 model instead, for trying the pipeline.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
@@ -23,11 +24,11 @@ import sys
 
 
 def _codec(args):
-  from m2t_jax import Codec, summary
+  from m2t_jax import Codec, configs
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
   if args.config:
-    return Codec.from_config(summary.load_config(*args.config.split(":", 1)), seed=args.seed)
+    return Codec.from_config(configs.load_config(args.config), seed=args.seed)
   return Codec.load(args.checkpoint)
 
 
@@ -53,7 +54,7 @@ def _decompress(args):
 
 
 def _demo(args):
-  from m2t_jax import demo
+  from m2t_jax.app import demo
   demo.main(args.output)
 
 
@@ -66,50 +67,53 @@ def _info(args):
 
 
 def _summary(args):
-  from m2t_jax import summary
-  print(summary.format_summary(summary.load_config(args.config, args.size)))
+  from m2t_jax import configs
+  from m2t_jax.app import summary
+  print(summary.format_summary(configs.load_config(args.config, args.size)))
 
 
 def _eval(args):
-  from m2t_jax import Codec, evaluate, shipped, summary
+  from m2t_jax import Codec, configs, models
+  from m2t_jax.entropy import registry
+  from m2t_jax.evaluation import rd
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
   if args.config:
-    spec = args.config
-    codecs = [(f"{spec} (seed {args.seed})", lambda: Codec.from_config(
-        summary.load_config(*spec.split(":", 1)), seed=args.seed))]
+    config = configs.load_config(args.config)
+    codecs = [(f"{args.config} (seed {args.seed})",
+               lambda: Codec.from_config(config, seed=args.seed))]
   elif args.checkpoint:
     for path in args.checkpoint:  # fail before hours of evaluation, not after
-      if path in shipped.names() or path in ("m2t", "mt"):
-        continue
-      if not all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "params.npz")):
+      if not os.path.isdir(path) and (path in models.names() or path in registry.names()):
+        models.resolve(path)  # FileNotFoundError for a kind of which no model ships
+      elif not all(os.path.isfile(os.path.join(path, f))
+                   for f in ("config.json", "params.npz")):
         raise FileNotFoundError(f"checkpoint {path!r} is not a folder written by Codec.save "
                                 "(it needs config.json and params.npz)")
     codecs = [(path, lambda path=path: Codec.load(path)) for path in args.checkpoint]
-  else:  # every shipped M2T model: one RD point per lambda
-    names = shipped.names("m2t")
-    if not names:
-      shipped.resolve(None)  # raises FileNotFoundError: no model ships
+  else:  # every shipped model of the default model's kind: one RD point per lambda
+    models.resolve(None)  # raises FileNotFoundError: no model ships
+    names = models.names(models.kinds()[0])
     codecs = [(name, lambda name=name: Codec.load(name)) for name in names]
   if args.images:
-    items, dataset = evaluate.folder_images(args.images), f"folder:{args.images}"
+    items, dataset = rd.folder_images(args.images), f"folder:{args.images}"
   else:
-    items = evaluate.tfds_images(args.tfds, args.tfds_data_dir, args.tfds_image_key)
+    items = rd.tfds_images(args.tfds, args.tfds_data_dir, args.tfds_image_key)
     dataset = f"tfds:{args.tfds}"
   if args.max_images > 0:
     items = items[:args.max_images]
-  results, per_image = evaluate.run(codecs, items, args.output, dataset, name=args.name,
-                                    progress=not args.no_progress, warmup=not args.no_warmup)
+  results, per_image = rd.run(codecs, items, args.output, dataset, name=args.name,
+                              progress=not args.no_progress, warmup=not args.no_warmup)
   failed = [r for r in per_image["images"] if "error" in r]
   r = results["results"]
   for i, label in enumerate(r["checkpoint"]):
     print(f"{label}: {r['bpp'][i]:.4f} bpp (estimated {r['estimated_bpp'][i]:.4f}), "
           f"{r['psnr-rgb'][i]:.2f} dB, MS-SSIM {r['ms-ssim-rgb'][i]:.4f}, "
           f"enc {r['encoding_time'][i]:.3f} s, dec {r['decoding_time'][i]:.3f} s")
-  print(f"wrote {args.output} and {evaluate.per_image_path(args.output)}")
+  print(f"wrote {args.output} and {rd.per_image_path(args.output)}")
   if failed:
     print(f"m2t: warning: {len(failed)} of {len(per_image['images'])} image evaluations "
-          f"failed (listed in {evaluate.per_image_path(args.output)})", file=sys.stderr)
+          f"failed (listed in {rd.per_image_path(args.output)})", file=sys.stderr)
 
 
 def _parser():
@@ -121,7 +125,9 @@ def _parser():
     p = sub.add_parser(name, help=helptext)
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--checkpoint", default=None, help="folder written by Codec.save")
+    p.add_argument("--checkpoint", default=None,
+                   help="folder written by Codec.save, shipped model or model kind "
+                        "(default: the default shipped model)")
     p.add_argument("--config", default=None,
                    help="random model from a config, e.g. m2t:tiny (testing only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
@@ -133,7 +139,8 @@ def _parser():
   p.add_argument("input")
   p.set_defaults(func=_info)
   p = sub.add_parser("summary", help="print a config and its parameter counts")
-  p.add_argument("config", help="'m2t' | 'mt' | path/to/config.py:SIZE")
+  p.add_argument("config", help="KIND[:SIZE] (a model kind, e.g. m2t:tiny) | "
+                                "path/to/config.py[:SIZE]")
   p.add_argument("size", nargs="?", default=None, help="paper | small | tiny")
   p.set_defaults(func=_summary)
   p = sub.add_parser("eval", help="rate-distortion evaluation -> CompressAI-style JSON")
@@ -144,7 +151,9 @@ def _parser():
   p.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir")
   p.add_argument("--tfds-image-key", default="image", help="image feature of --tfds")
   p.add_argument("--checkpoint", nargs="+", default=None,
-                 help="folders written by Codec.save; one RD point each")
+                 help="folders written by Codec.save, shipped models or model kinds; "
+                      "one RD point each (default: every shipped model of the default "
+                      "model's kind)")
   p.add_argument("--config", default=None,
                  help="random model from a config, e.g. m2t:tiny (testing only)")
   p.add_argument("--seed", type=int, default=0, help="seed of the --config model")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, features
 
-from m2t_jax import evaluate
+from m2t_jax.evaluation import rd
 
 CODECS = ("jpeg", "webp", "avif")
 SAVE_OPTIONS = {
@@ -88,17 +88,17 @@ def evaluate_image(image: np.ndarray, codec: str, quality: int) -> dict:
   t2 = time.perf_counter()
   record = {"codec": codec, "quality": int(quality), "height": h, "width": w,
             "bytes": len(data), "bpp": 8 * len(data) / (h * w)}
-  record.update(evaluate.image_metrics(image, decoded))
+  record.update(rd.image_metrics(image, decoded))
   record.update({"encoding_time": t1 - t0, "decoding_time": t2 - t1})
   return record
 
 
-def run(items: Sequence[evaluate.ImageItem], codecs: Sequence[str] | None = None,
+def run(items: Sequence[rd.ImageItem], codecs: Sequence[str] | None = None,
         qualities: dict | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
   """Every codec at every quality on every image.
 
   Args:
-    items: the images (``evaluate.folder_images``).
+    items: the images (``rd.folder_images``).
     codecs: which codecs (default: all that Pillow supports).
     qualities: {codec: qualities} (default ``DEFAULT_QUALITIES``).
     progress: progress bar / lines on stderr.
@@ -120,7 +120,7 @@ def run(items: Sequence[evaluate.ImageItem], codecs: Sequence[str] | None = None
       print(f"m2t: warning: {item.name} failed: {error}", file=sys.stderr, flush=True)
       records.append({"image": item.name, "error": error})
   total = len(images) * sum(len(q) for q in qualities.values())
-  bar = evaluate.Progress(total, "classical", progress)
+  bar = rd.Progress(total, "classical", progress)
   docs = {}
   try:
     for codec in codecs:
@@ -141,10 +141,10 @@ def run(items: Sequence[evaluate.ImageItem], codecs: Sequence[str] | None = None
           per_setting.append(record)
           bar.update(line)
         records.extend(per_setting)
-        point = evaluate.summarize(per_setting)
+        point = rd.summarize(per_setting)
         point["quality"] = quality
         points.append(point)
-      docs[codec] = evaluate.compressai_results(
+      docs[codec] = rd.compressai_results(
           f"{codec.upper()} (Pillow)",
           f"{codec.upper()} through Pillow {Image.__version__} "
           f"({features.version(_PIL_FEATURES[codec])}), settings {SAVE_OPTIONS[codec]}",
@@ -154,7 +154,7 @@ def run(items: Sequence[evaluate.ImageItem], codecs: Sequence[str] | None = None
            "settings": {k: v for k, v in SAVE_OPTIONS[codec].items() if k != "format"},
            "bpp": "8 * file bytes / (H * W)",
            "psnr-rgb": "per image on the decoded 8-bit RGB image; averaged over images",
-           "ms-ssim-rgb": evaluate.MS_SSIM_NOTE},
+           "ms-ssim-rgb": rd.MS_SSIM_NOTE},
           extra_keys=("quality", "num_images", "num_failed"))
   finally:
     bar.close()

@@ -10,8 +10,8 @@ decompress, and measure
 * ``bpp``: 8 * len(bytes) / (H * W), the whole stream (header and CRC included);
 * ``estimated_bpp``: the model's own estimate (``Codec.estimate``) of the same
   latent, without header;
-* ``psnr-rgb`` and ``ms-ssim-rgb`` (``m2t_jax.metrics``) of the 8-bit decoded
-  image against the original;
+* ``psnr-rgb`` and ``ms-ssim-rgb`` (``m2t_jax.evaluation.metrics``) of the 8-bit
+  decoded image against the original;
 * ``encoding_time`` / ``decoding_time``: wall-clock seconds of ``compress`` /
   ``decompress`` (``time.perf_counter``). JAX compiles per image shape; by
   default one untimed round trip per new latent shape runs first (``warmup``),
@@ -42,12 +42,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from m2t_jax import metrics
+from m2t_jax.evaluation import metrics
 
 RESULT_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
-MS_SSIM_NOTE = ("per image, 5-scale MS-SSIM (Wang 2003; m2t_jax.metrics; fewer scales, "
-                "weights renormalised, for sides < 161 px: see ms_ssim_scales); averaged "
-                "over images")
+MS_SSIM_NOTE = ("per image, 5-scale MS-SSIM (Wang 2003; m2t_jax.evaluation.metrics; fewer "
+                "scales, weights renormalised, for sides < 161 px: see ms_ssim_scales); "
+                "averaged over images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +73,13 @@ def folder_images(directory: str) -> list[ImageItem]:
     FileNotFoundError: no such directory.
     ValueError: no image files in it.
   """
-  from m2t_jax import data, images  # noqa: PLC0415 - data imports grain
+  from m2t_jax import images  # noqa: PLC0415
 
   def loader(path):
     return lambda: images.read_rgb(path)[0]
 
   return [ImageItem(os.path.relpath(p, directory), loader(p))
-          for p in data.list_images(directory)]
+          for p in images.list_images(directory)]
 
 
 def parse_tfds_spec(spec: str) -> tuple[str, str]:
@@ -97,7 +97,7 @@ def tfds_images(spec: str, data_dir: str | None = None,
   TFDS is imported only here. Raises ValueError (with how to fix it) when the
   dataset is missing or not in the array_record format.
   """
-  from m2t_jax import data  # noqa: PLC0415
+  from m2t_jax.train import data  # noqa: PLC0415 - grain and TFDS, only here
 
   name, split = parse_tfds_spec(spec)
   source = data.tfds_source(name, split, data_dir, image_key)

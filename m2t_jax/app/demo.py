@@ -1,12 +1,14 @@
 """``m2t demo``: the shipped models on a few sample photos, beside JPEG and WebP.
 
 For each sample photo (scikit-image's astronaut, coffee and chelsea, which ship
-with a dependency, so a fresh machine has them) and each shipped model kind
-(M2T and, when it ships, MT): compress to a real ``.m2t`` file, decompress, and
-measure bpp (file bytes), PSNR-RGB, encode and decode seconds. JPEG and WebP
-are encoded at the quality whose bpp is closest to M2T's. Writes into the output
-folder: ``NAME.m2t``, ``NAME_m2t.png`` (the decoded image), ``NAME_side_by_side.png``
-(original | M2T | JPEG at matched bpp) and ``results.json``; prints a table.
+with a dependency, so a fresh machine has them) and each kind of shipped model
+(``models.kinds()``: the default model's kind first, e.g. M2T, then MT), with
+that kind's shipped model (the default one for its kind): compress to a real
+``.m2t`` file, decompress, and measure bpp (file bytes), PSNR-RGB, encode and
+decode seconds. JPEG and WebP are encoded at the quality whose bpp is closest to
+the first model's. Writes into the output folder: ``NAME_KIND.m2t``,
+``NAME_KIND.png`` (the decoded image), ``NAME_side_by_side.png`` (original |
+first model | JPEG at matched bpp) and ``results.json``; prints a table.
 Times exclude JAX compilation: each model compiles on a first, untimed image.
 """
 
@@ -18,7 +20,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from m2t_jax import classical, metrics, shipped
+from m2t_jax import models
+from m2t_jax.evaluation import classical, metrics
 
 SAMPLES = ("astronaut", "coffee", "chelsea")
 
@@ -62,8 +65,8 @@ def run(output_dir: str, images=None, codecs=None) -> list[dict]:
   os.makedirs(output_dir, exist_ok=True)
   images = images if images is not None else sample_images()
   if codecs is None:
-    codecs = [(kind.upper(), Codec.load(kind)) for kind in ("m2t", "mt")
-              if shipped.names(kind)]
+    models.resolve(None)  # raises FileNotFoundError when no model ships
+    codecs = [(kind.upper(), Codec.load(kind)) for kind in models.kinds()]
   for label, codec in codecs:  # compile once, untimed, per model and image size
     for name, image in images:
       _progress(f"compiling {label} for {name} ({image.shape[1]}x{image.shape[0]})")
@@ -71,7 +74,7 @@ def run(output_dir: str, images=None, codecs=None) -> list[dict]:
   records = []
   for name, image in images:
     pixels = image.shape[0] * image.shape[1]
-    m2t_bpp, m2t_decoded = None, None
+    first_bpp, first_decoded = None, None
     for label, codec in codecs:
       _progress(f"{label}: {name}")
       t0 = time.perf_counter()
@@ -85,18 +88,18 @@ def run(output_dir: str, images=None, codecs=None) -> list[dict]:
       records.append({"image": name, "codec": label, "bpp": 8 * len(data) / pixels,
                       "psnr": metrics.psnr_rgb(image, decoded), "encode_s": t1 - t0,
                       "decode_s": t2 - t1})
-      if m2t_bpp is None:
-        m2t_bpp, m2t_decoded = records[-1]["bpp"], decoded
+      if first_bpp is None:
+        first_bpp, first_decoded = records[-1]["bpp"], decoded
     jpeg_decoded = None
     for codec_name in ("jpeg", "webp"):
       _progress(f"{codec_name.upper()} at matched bpp: {name}")
-      quality, data, decoded = matched_quality(image, codec_name, m2t_bpp)
+      quality, data, decoded = matched_quality(image, codec_name, first_bpp)
       records.append({"image": name, "codec": f"{codec_name.upper()} q{quality}",
                       "bpp": 8 * len(data) / pixels, "psnr": metrics.psnr_rgb(image, decoded),
                       "encode_s": None, "decode_s": None})
       if codec_name == "jpeg":
         jpeg_decoded = decoded
-    side = np.concatenate([image, m2t_decoded, jpeg_decoded], axis=1)
+    side = np.concatenate([image, first_decoded, jpeg_decoded], axis=1)
     Image.fromarray(side).save(os.path.join(output_dir, f"{name}_side_by_side.png"))
   with open(os.path.join(output_dir, "results.json"), "w") as f:
     json.dump(records, f, indent=1)
