@@ -90,7 +90,7 @@ def bench(size: str) -> dict:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, config.batch_size // n, config.crop_size,
                                  config.crop_size, 3), dtype=np.uint8)
-  key = jax.random.PRNGKey(0)
+  key = jax.random.key(0)
 
   start = time.perf_counter()
   compiled = step.lower(state, images, key).compile()

@@ -1,5 +1,6 @@
-"""Tests of m2t_jax/data.py: image conversion, folder and TFDS sources, crops,
-sharding, determinism and checkpointable iteration."""
+"""Tests of m2t_jax/train/data.py: folder and TFDS sources, crops, sharding,
+determinism and checkpointable iteration. The pixel conversions themselves
+(m2t_jax/images.py, shared with the CLI) are tested in test_images.py."""
 
 import io
 import json
@@ -12,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from m2t_jax import configs, data
+from m2t_jax import configs, images
+from m2t_jax.train import data
 
 CROP = 16
 
@@ -37,57 +39,6 @@ def _source_index(crop):
   values = np.unique(crop.reshape(-1, 3), axis=0)
   assert len(values) == 1, "a crop mixes images"
   return int(values[0, 0])
-
-
-# --------------------------------------------------------------------------- #
-# Conversion to RGB uint8.
-# --------------------------------------------------------------------------- #
-
-
-def test_modes_become_rgb_uint8():
-  rng = np.random.default_rng(0)
-  rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-  grey = rgb[..., 0]
-  alpha = rng.integers(0, 256, (5, 7), dtype=np.uint8)
-
-  def check(image, expected):
-    out = data.to_rgb_uint8(image)
-    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
-    np.testing.assert_array_equal(out, expected)
-
-  grey3 = np.repeat(grey[..., None], 3, -1)
-  check(Image.fromarray(rgb), rgb)
-  check(Image.fromarray(grey), grey3)  # L: replicated
-  check(Image.fromarray(np.dstack([grey, alpha]), "LA"), grey3)  # alpha dropped
-  check(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), rgb)  # not composited
-  check(Image.fromarray(rgb).convert("CMYK"), np.asarray(
-      Image.fromarray(rgb).convert("CMYK").convert("RGB")))
-  check(Image.fromarray(grey.astype(np.uint16) * 257), grey3)  # 16 bit: top 8 bits
-  check(grey, grey3)
-  check(grey[..., None], grey3)
-  check(np.dstack([grey, alpha]), grey3)
-  check(np.dstack([rgb, alpha]), rgb)
-  check(rgb.astype(np.uint16) << 8, rgb)
-
-
-def test_palette_images_are_looked_up():
-  palette_image = Image.fromarray(np.arange(35, dtype=np.uint8).reshape(5, 7), "P")
-  palette = np.random.default_rng(1).integers(0, 256, (256, 3), dtype=np.uint8)
-  palette_image.putpalette(palette.tobytes())
-  out = data.to_rgb_uint8(palette_image)
-  np.testing.assert_array_equal(out, palette[np.arange(35).reshape(5, 7)])
-  palette_image.info["transparency"] = 3  # a transparent index: still its colour
-  np.testing.assert_array_equal(data.to_rgb_uint8(palette_image), out)
-
-
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((4, 4, 5), np.uint8), "expected an image"),
-    (np.zeros((4, 4, 3), np.float32), "expected uint8 or uint16"),
-    (np.zeros((0, 4, 3), np.uint8), "empty image"),
-])
-def test_bad_arrays_are_rejected(bad, message):
-  with pytest.raises(ValueError, match=message):
-    data.to_rgb_uint8(bad)
 
 
 # --------------------------------------------------------------------------- #
@@ -160,6 +111,8 @@ def test_folder_source_lists_and_decodes_everything(mixed_folder):
   for i in range(len(source)):
     image = source[i]
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+    # Training sees exactly what the CLI and evaluation read.
+    np.testing.assert_array_equal(image, images.read_rgb(source.paths[i])[0])
   grey = source[0]
   assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
 
@@ -184,7 +137,7 @@ def test_empty_or_missing_folder_gives_a_clear_error(tmp_path):
 def test_corrupt_image_names_the_file(tmp_path):
   (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
   source = data.ImageFolderSource(str(tmp_path))
-  with pytest.raises(ValueError, match="broken.png"):
+  with pytest.raises(images.ImageFileError, match="broken.png"):
     source[0]
 
 

@@ -1,6 +1,6 @@
-"""Tests of m2t_jax/train.py: config checks, schedule, skipped steps, and real
-training runs in subprocesses (two pmap devices, SIGKILL/SIGTERM resume, two
-processes with jax.distributed).
+"""Tests of the m2t_jax.train package: config checks, schedule, skipped steps,
+typed PRNG keys, warm starts, and real training runs in subprocesses (two pmap
+devices, SIGKILL/SIGTERM resume, two processes with jax.distributed).
 
 The subprocesses share one persistent compilation cache, so only the first run
 of each device topology pays for XLA compilation. The tiny config's crop is set
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2t_jax import configs, train
+from m2t_jax import configs, saved_model, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 60  # shared by the subprocess runs so that they share compilations
@@ -181,6 +181,14 @@ def test_learning_rate_schedule():
   assert lr(99) == pytest.approx(1e-4)
 
 
+def test_importing_the_package_defines_no_flags():
+  # The absl flags belong to __main__ (python -m m2t_jax.train); importing the
+  # package next to another absl program with a --config flag must not clash.
+  from absl import flags  # noqa: PLC0415
+  assert "workdir" not in flags.FLAGS and "config" not in flags.FLAGS
+  assert callable(train.train_and_evaluate)
+
+
 def test_nonfinite_step_is_skipped_and_counted():
   # A smaller model than tiny (one residual block, one layer) to compile fast.
   config = _tiny(batch_size=1)
@@ -190,7 +198,7 @@ def test_nonfinite_step_is_skipped_and_counted():
   step = jax.pmap(train.make_train_step(config), axis_name=train.AXIS,
                   in_axes=(0, 0, None))
   replicated = flax.jax_utils.replicate(state, axis_name=train.AXIS)
-  key = jax.random.PRNGKey(0)
+  key = jax.random.key(0)  # typed key, broadcast to the devices (in_axes None)
   images = np.random.default_rng(0).uniform(0, 255, (1, 1, 64, 64, 3)).astype(np.float32)
   bad = images.copy()
   bad[0, 0, 3, 5, 1] = np.nan
@@ -217,10 +225,9 @@ def test_warm_start_copies_matching_parameters_only(tmp_path):
   # An M2T model saved to disk warm-starts an MT model of the same size: the
   # autoencoder (same paths and shapes) is copied, MT's own parameters keep
   # their fresh values; a model of another size matches nothing and is refused.
-  from m2t_jax import codec  # noqa: PLC0415
   source_config = _tiny()
   source = train.create_train_state(source_config).params
-  codec.save_params(str(tmp_path / "m2t"), source_config, source)
+  saved_model.save_params(str(tmp_path / "m2t"), source_config, source)
   mt_config = _tiny()
   mt_config.model = "mt"
   mt_config.seed = 7
@@ -244,7 +251,8 @@ def test_warm_start_copies_matching_parameters_only(tmp_path):
   other.transformer.d_model = 12
   other.transformer.mlp_dim = 24
   other.transformer.num_heads = 2
-  codec.save_params(str(tmp_path / "other"), other, train.create_train_state(other).params)
+  saved_model.save_params(str(tmp_path / "other"), other,
+                          train.create_train_state(other).params)
   with pytest.raises(ValueError, match="parameters have a match of the same path and shape"):
     train.warm_start_params(fresh, str(tmp_path / "other"))
 

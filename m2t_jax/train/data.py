@@ -9,13 +9,12 @@ Two sources give the same thing, a random-access sequence of RGB uint8 images
   access, no TensorFlow). A dataset prepared in another format (tfrecord) gets a
   ``ValueError`` that says how to convert it.
 
-Every image becomes RGB uint8 (``to_rgb_uint8``): greyscale (L, 1-channel) is
-replicated to three channels; an alpha channel (LA, RGBA, PA) is dropped, *not*
-composited, so a transparent region keeps the colour stored under it; palette
-images (P) are looked up in their palette; 16-bit images keep their top 8 bits;
-other modes (CMYK, YCbCr, 1-bit) go through PIL's conversion to RGB; JPEG EXIF
-orientation is applied. Anything else (a corrupt file, a 5-channel array) raises
-a ``ValueError`` naming the image.
+Files and TFDS examples become RGB uint8 through ``m2t_jax.images``, the reader
+that the CLI and evaluation use too, so a model trains on the pixels that it
+will later compress: EXIF orientation applied, 16-bit samples scaled by
+round(x * 255 / 65535), greyscale replicated, palettes looked up, alpha dropped
+(not composited). An unreadable file or example raises ``ImageFileError`` (a
+``ValueError``) naming it.
 
 Training (``train_dataset``): the images are split between hosts (host i of n
 takes images i, i + n, ...: ``grain.sharding.ShardByJaxProcess``), shuffled
@@ -34,105 +33,33 @@ per host) is saved with each checkpoint (``grain.checkpoint.CheckpointHandler``)
 a resumed run sees exactly the batches an uninterrupted run would have seen.
 """
 
-import os
 from collections.abc import Sequence
 
 import grain
 import ml_collections
 import numpy as np
 from absl import flags
-from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-SOURCES = ("folder", "tfds")
+from m2t_jax import images
+
+SOURCES = ("folder", "tfds")  # the values of config.data.source
 
 
 # --------------------------------------------------------------------------- #
-# Images -> RGB uint8.
+# Image folders.
 # --------------------------------------------------------------------------- #
-
-
-def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
-  """A PIL image or an array -> (H, W, 3) uint8 RGB (see the module docstring).
-
-  Args:
-    image: ``PIL.Image.Image``, or an array (H, W), (H, W, 1), (H, W, 2) (grey +
-      alpha), (H, W, 3) or (H, W, 4) (RGBA) of uint8 or uint16 (top 8 bits kept).
-    name: how the image is called in error messages (its path, for example).
-
-  Returns:
-    A C-contiguous (H, W, 3) uint8 array.
-  """
-  if isinstance(image, Image.Image):
-    return _pil_to_rgb_uint8(image, name)
-  array = np.asarray(image)
-  if array.dtype == np.uint16:
-    array = (array >> 8).astype(np.uint8)
-  if array.dtype != np.uint8:
-    raise ValueError(f"{name}: expected uint8 or uint16 pixels, got {array.dtype}.")
-  if array.ndim == 2:
-    array = array[..., None]
-  if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-    raise ValueError(f"{name}: expected an image (H, W) or (H, W, 1|2|3|4), got "
-                     f"shape {array.shape}.")
-  if array.shape[0] < 1 or array.shape[1] < 1:
-    raise ValueError(f"{name}: empty image of shape {array.shape}.")
-  channels = array.shape[-1]
-  if channels <= 2:  # grey (+ alpha): replicate grey, drop alpha
-    array = np.repeat(array[..., :1], 3, axis=-1)
-  elif channels == 4:  # RGBA: drop alpha
-    array = array[..., :3]
-  return np.ascontiguousarray(array)
-
-
-def _pil_to_rgb_uint8(image: Image.Image, name: str) -> np.ndarray:
-  mode = image.mode
-  if mode in ("RGB", "L", "LA", "RGBA"):
-    return to_rgb_uint8(np.asarray(image), name)
-  if mode.startswith("I;16") or mode == "I":
-    # 16-bit greyscale (PNG); PIL's own conversion would clip at 255 instead of
-    # scaling. 'I' is how older PIL versions open 16-bit PNGs.
-    array = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-    return to_rgb_uint8(array.astype(np.uint8), name)
-  if mode == "P" and "transparency" in image.info:
-    image = image.convert("RGBA")  # palette with transparency: look up, drop alpha
-  return to_rgb_uint8(np.asarray(image.convert("RGB")), name)
-
-
-def load_image(path: str) -> np.ndarray:
-  """Decodes the image file at ``path`` to (H, W, 3) uint8 RGB."""
-  try:
-    with Image.open(path) as opened:
-      # Camera JPEGs: apply the EXIF rotation (a copy; None-safe since PIL 9.4).
-      return to_rgb_uint8(ImageOps.exif_transpose(opened), path)
-  except (OSError, SyntaxError) as e:  # PIL raises these for unreadable files
-    raise ValueError(f"Cannot decode image {path!r}: {e}") from e
-
-
-def list_images(directory: str) -> list[str]:
-  """Sorted paths of the PNG/JPEG files under ``directory``, recursively."""
-  if not directory:
-    raise ValueError("No image directory given (data.train_dir / data.val_dir is "
-                     "empty).")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"Image directory {directory!r} does not exist.")
-  paths = []
-  for root, _, files in os.walk(directory, followlinks=True):
-    paths.extend(os.path.join(root, f) for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
-  paths.sort()  # one order on every host and file system
-  if not paths:
-    raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
-                     f"{directory!r}.")
-  return paths
 
 
 class ImageFolderSource(Sequence):
-  """Random-access source over the images of a folder: [i] -> (H, W, 3) uint8."""
+  """Random-access source over the images of a folder: [i] -> (H, W, 3) uint8.
+
+  The images are ``images.list_images(directory)`` (PNG/JPEG, recursive, sorted
+  paths), each decoded by ``images.load_image`` when it is asked for.
+  """
 
   def __init__(self, directory: str):
     self.directory = directory
-    self.paths = list_images(directory)
+    self.paths = images.list_images(directory)
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -140,7 +67,7 @@ class ImageFolderSource(Sequence):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return [self[i] for i in range(*index.indices(len(self)))]
-    return load_image(self.paths[index])
+    return images.load_image(self.paths[index])
 
   def __repr__(self) -> str:
     return f"ImageFolderSource({self.directory!r}, {len(self)} images)"
@@ -207,7 +134,7 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None,
     raise ValueError(f"{e}\n" + _array_record_help(name, data_dir)) from e
   label = f"{name}[{split}]"
   return grain.MapDataset.source(source).map(
-      lambda example: to_rgb_uint8(example[image_key], label))
+      lambda example: images.to_rgb_uint8(example[image_key], label))
 
 
 # --------------------------------------------------------------------------- #

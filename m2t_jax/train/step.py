@@ -1,0 +1,109 @@
+"""One training update (under ``jax.pmap``) and the evaluation of a model.
+
+The train step runs on every local device with its own slice of the batch;
+``lax.pmean`` over the axis ``AXIS`` averages gradients and metrics, so every
+device applies the same update and the replicas stay identical.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from m2t_jax import model as model_lib
+from m2t_jax.train.optim import learning_rate_at_step, make_optimizer
+from m2t_jax.train.state import TrainState
+
+AXIS = "batch"  # pmap axis name
+
+
+def make_train_step(config, model=None, optimizer=None):
+  """The per-device step, to run under ``jax.pmap(..., axis_name=AXIS,
+  in_axes=(0, 0, None))``.
+
+  The step maps (state, images, key) -> (state, metrics):
+    state: this device's TrainState.
+    images: uint8 (B_dev, H, W, 3), this device's crops (0..255).
+    key: the run's PRNG key, the same on every device (in_axes None). Device d
+      draws from ``fold_in(fold_in(key, step), d)``, d the global device index:
+      no random state to carry or checkpoint, and a resumed run draws the same.
+    metrics: () float32 each, means over all devices: loss (bpp + lambda * MSE),
+      bpp (estimated bits per pixel), mse (0..255 scale), psnr (dB), lmbda, lr,
+      grad_norm (global L2 norm before clipping); finite () bool: whether the
+      update was applied.
+  A step whose loss or gradient norm is not finite keeps params and optimizer
+  state (the step counter advances, num_skipped counts it).
+  """
+  model = model or model_lib.build_model(config)
+  optimizer = optimizer or make_optimizer(config)
+
+  def train_step(state: TrainState, images, key):
+    step = state.step
+    rng = jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index(AXIS))
+    noise_rng, dropout_rng = jax.random.split(rng)
+    lmbda = model_lib.lmbda_at_step(config, step)
+    x = images.astype(jnp.float32)
+
+    def loss_fn(params):
+      out = model.apply({"params": params}, x, noise_rng, train=True,
+                        rngs={"dropout": dropout_rng})
+      return model_lib.rd_loss(out, lmbda), out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    loss = jax.lax.pmean(loss, AXIS)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    lr = learning_rate_at_step(config, step)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda d: -lr * d, direction))
+    # Identical on every device (loss and grads are pmean-ed), so the replicas
+    # stay in sync when a step is skipped.
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(
+        step=step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
+    mean = lambda v: jax.lax.pmean(jnp.mean(v), AXIS)
+    metrics = {"loss": loss, "bpp": mean(out["bpp"]), "mse": mean(out["mse"]),
+               "psnr": mean(out["psnr"]), "lmbda": lmbda, "lr": lr,
+               "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config, model=None):
+  """jit-ed (params, images uint8 (B, H, W, 3)) -> per-image estimated bpp,
+  mse (0..255 scale) and psnr (dB), each (B,) float32; ``model(train=False)``."""
+  model = model or model_lib.build_model(config)
+
+  @jax.jit
+  def eval_step(params, images):
+    out = model.apply({"params": params}, images.astype(jnp.float32), train=False)
+    return {k: out[k] for k in ("bpp", "mse", "psnr")}
+
+  return eval_step
+
+
+def evaluate(config, eval_step, params, images: np.ndarray) -> dict:
+  """Means over ``images`` (uint8 (N, H, W, 3)) of the estimated bpp, MSE and
+  PSNR, and loss = bpp + config.lmbda * MSE; also num_images = N.
+
+  Batches of config.eval_batch_size; the last one is padded with copies of its
+  first image, so that one compilation serves every batch (the copies' results
+  are dropped).
+  """
+  b = config.eval_batch_size
+  n = len(images)
+  results = []
+  for start in range(0, n, b):
+    batch = images[start:start + b]
+    if len(batch) < b:
+      batch = np.concatenate([batch, np.repeat(batch[:1], b - len(batch), 0)])
+    results.append(jax.device_get(eval_step(params, batch)))
+  per_image = {k: np.concatenate([r[k] for r in results])[:n] for k in results[0]}
+  out = {k: float(np.mean(v)) for k, v in per_image.items()}
+  out["loss"] = out["bpp"] + config.lmbda * out["mse"]
+  out["num_images"] = n
+  return out
