@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from m2t_jax.entropy import base, patches, registry
 from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis

@@ -157,21 +157,20 @@ def test_two_table_widths_cost_nothing_on_the_trained_model():
 def test_photos_use_both_table_widths(codecs, kind):
   # The round trips above go through both batches (narrow and wide tables):
   # a random model on a photo has elements on either side of the threshold.
-  from m2t_jax.coding import steppers  # noqa: PLC0415
+  from m2t_jax.coding import tables  # noqa: PLC0415
+  from m2t_jax.coding.steps import CodingLoop  # noqa: PLC0415
   from m2t_jax.entropy import patches  # noqa: PLC0415
   codec = codecs(kind, "tiny")
-  assert 0 < steppers.narrow_radius(codec.config) < codec.config.gmm.table_radius
+  assert 0 < tables.narrow_radius(codec.config) < codec.config.gmm.table_radius
   tokens, valid = patches.to_patches(codec.analyze(PHOTOS["coffee"]()).astype(np.float32),
                                      codec.config.patch_size)
-  stepper = codec._stepper(tokens.shape[0], np.asarray(valid))
+  tokens = np.asarray(tokens)
   seen = np.zeros(2, int)
-  for i in range(stepper.num_steps):
-    cells, centers, pmf, _ = stepper.predict(i)
-    todo = np.broadcast_to(np.asarray(valid)[np.arange(len(cells))[:, None], cells][..., None],
-                           np.shape(centers))
-    wide = steppers.wide_elements(np.asarray(pmf), todo, codec.config)
-    seen += [int((todo & ~wide).sum()), int(wide.sum())]
-    stepper.update(i, cells, np.asarray(tokens)[np.arange(len(cells))[:, None], cells])
+  for step in CodingLoop(codec.entropy_model, codec.params["entropy_model"], codec.config,
+                         np.asarray(valid)):
+    wide = tables.wide_elements(step.pmf, step.todo, codec.config)
+    seen += [int((step.todo & ~wide).sum()), int(wide.sum())]
+    step.feed(step.take(tokens))
   assert seen.min() > 0, seen
 
 
@@ -179,7 +178,8 @@ def test_entropy_order_ranks_by_full_width_tables(codecs):
   # With two table widths, MT's entropy-adaptive order must still rank tokens
   # by their full (+-R) tables: a narrow table lumps the tail into the escape
   # and makes uncertain tokens look certain (a random model has many).
-  from m2t_jax.coding import steppers  # noqa: PLC0415
+  from m2t_jax.coding import tables  # noqa: PLC0415
+  from m2t_jax.coding.steps import CodingLoop  # noqa: PLC0415
   from m2t_jax.entropy import gmm, mt, patches  # noqa: PLC0415
   del codecs
   config = get_config("mt", "tiny")
@@ -195,12 +195,14 @@ def test_entropy_order_ranks_by_full_width_tables(codecs):
   size = int(codec.entropy_model.group_sizes[0])
   ranked = {}
   for name, radius in (("full", config.gmm.table_radius),
-                       ("narrow", steppers.narrow_radius(config))):
+                       ("narrow", tables.narrow_radius(config))):
     _, pmf = gmm.coding_tables(mixture, radius, config.gmm.prob_floor)
     entropy = np.asarray(gmm.table_entropy_bits(pmf)).sum(-1)
     ranked[name] = np.asarray(mt.select_lowest_entropy(entropy, ~valid, size))
   assert not np.array_equal(ranked["full"], ranked["narrow"])  # the test can tell
-  cells = codec._stepper(valid.shape[0], valid).predict(0)[0]
+  first = next(iter(CodingLoop(codec.entropy_model, codec.params["entropy_model"],
+                               config, valid)))
+  cells = first.cells
   np.testing.assert_array_equal(cells, ranked["full"])
 
 

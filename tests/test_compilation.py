@@ -8,7 +8,7 @@ import pytest
 from skimage import data as skdata
 
 from m2t_jax import Codec, get_config
-from m2t_jax.coding import steppers
+from m2t_jax.coding import steps, tables
 
 _EVENTS = collections.Counter()
 _LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # every compile lowers once
@@ -29,13 +29,10 @@ def _count_compiles(fn):
 
 
 def _step_cache_sizes(codec):
-  if codec.config.model == "m2t":
-    fns = [steppers._m2t_step_fn(codec.entropy_model, codec.config)]
-  else:
-    fns = list(steppers._mt_step_fns(codec.entropy_model, codec.config))
+  fns = [steps.step_fn(codec.entropy_model, codec.config)]
   # Wide tables: the number of wide elements differs between images (and a
   # random model has many), but it must not change what is compiled.
-  fns.append(steppers._wide_fn(codec.config))
+  fns.append(tables.wide_fn(codec.config))
   return [f._cache_size() for f in fns]
 
 
@@ -54,6 +51,8 @@ def test_second_image_does_not_compile(kind, order):
   # of 4x4): E and D see new shapes, but no decode step is compiled again.
   sizes = _step_cache_sizes(codec)
   assert sizes[-1] > 0  # the wide-table path ran
+  # One compilation per step for static-step kinds (M2T), one for all (MT).
+  assert sizes[0] == (config.schedule.num_steps if codec.entropy_model.static_steps else 1)
   c = np.ascontiguousarray(skdata.chelsea()[:60, :100])
   assert np.array_equal(codec.decompress(codec.compress(c)), codec.estimate(c)["reconstruction"])
   assert _step_cache_sizes(codec) == sizes

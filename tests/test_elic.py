@@ -11,13 +11,13 @@ from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis, UpConv5x5
 
 @pytest.mark.parametrize("h,w", [(16, 16), (48, 80), (16, 112)])
 def test_shapes(h, w):
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, h, w, 3))
+  x = jax.random.uniform(jax.random.key(0), (2, h, w, 3))
   enc = ElicAnalysis(num_filters=8, latent_channels=6)
-  params = enc.init(jax.random.PRNGKey(1), x)
+  params = enc.init(jax.random.key(1), x)
   y = enc.apply(params, x)
   assert y.shape == (2, h // 16, w // 16, 6)
   dec = ElicSynthesis(num_filters=8)
-  x_hat = dec.apply(dec.init(jax.random.PRNGKey(2), y), y)
+  x_hat = dec.apply(dec.init(jax.random.key(2), y), y)
   assert x_hat.shape == (2, h, w, 3)
   assert bool(jnp.all(jnp.isfinite(x_hat)))
 
@@ -28,15 +28,15 @@ def test_upconv_equals_flax_conv_transpose(h, w, cin, cout):
   # layout and initial values, as the flax layer it replaces (shipped weights
   # were trained with flax's). Random (non-initial) weights and bias exercise
   # every tap of every output phase, edges included.
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, h, w, cin))
+  x = jax.random.normal(jax.random.key(1), (2, h, w, cin))
   ref = nn.ConvTranspose(cout, (5, 5), strides=(2, 2), padding="SAME")
   ours = UpConv5x5(cout)
-  p_ref = ref.init(jax.random.PRNGKey(0), x)
-  p_ours = ours.init(jax.random.PRNGKey(0), x)
+  p_ref = ref.init(jax.random.key(0), x)
+  p_ours = ours.init(jax.random.key(0), x)
   assert jax.tree.map(jnp.shape, p_ref) == jax.tree.map(jnp.shape, p_ours)
   assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, p_ref, p_ours)))
   leaves, tree = jax.tree.flatten(p_ref)
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  keys = jax.random.split(jax.random.key(2), len(leaves))
   p = jax.tree.unflatten(
       tree, [jax.random.normal(k, v.shape) for k, v in zip(keys, leaves, strict=True)])
   expected = ref.apply(p, x)
@@ -48,16 +48,16 @@ def test_upconv_equals_flax_conv_transpose(h, w, cin, cout):
 def test_synthesis_keeps_flax_parameter_names():
   # Shipped params.npz files name the upsampling layers ConvTranspose_0..3.
   y = jnp.zeros((1, 1, 1, 4))
-  params = ElicSynthesis(num_filters=8).init(jax.random.PRNGKey(0), y)["params"]
+  params = ElicSynthesis(num_filters=8).init(jax.random.key(0), y)["params"]
   assert {f"ConvTranspose_{i}" for i in range(4)} <= set(params)
   assert params["ConvTranspose_3"]["kernel"].shape == (5, 5, 8, 3)
 
 
 def test_each_image_is_transformed_independently():
   # Batch elements must not mix (a reshape/transposition bug would mix them).
-  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
   enc = ElicAnalysis(num_filters=8, latent_channels=4)
-  params = enc.init(jax.random.PRNGKey(1), x)
+  params = enc.init(jax.random.key(1), x)
   y = enc.apply(params, x)
   y0 = enc.apply(params, x[:1])
   assert jnp.allclose(y[:1], y0, atol=1e-5)
@@ -68,12 +68,12 @@ def test_each_image_is_transformed_independently():
 def test_rejects_sizes_not_multiple_of_16(h, w):
   enc = ElicAnalysis(num_filters=8, latent_channels=4)
   with pytest.raises(ValueError, match="multiples of 16"):
-    enc.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3)))
+    enc.init(jax.random.key(0), jnp.zeros((1, h, w, 3)))
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (15, 17), (33, 16)])
 def test_pad_to_multiple_keeps_image_and_replicates_edges(h, w):
-  x = jax.random.uniform(jax.random.PRNGKey(0), (1, h, w, 3))
+  x = jax.random.uniform(jax.random.key(0), (1, h, w, 3))
   p = pad_to_multiple(x)
   assert p.shape[1] % 16 == 0 and p.shape[2] % 16 == 0
   assert p.shape[1] - h < 16 and p.shape[2] - w < 16

@@ -140,8 +140,8 @@ def test_floored_values_still_pull_the_mean():
 
 def test_head_shapes_and_scale_floor():
   head = gmm.MixtureHead(num_channels=5, num_mixtures=3, scale_floor=0.01)
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 16)) * 100
-  params = head.init(jax.random.PRNGKey(1), x)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 16)) * 100
+  params = head.init(jax.random.key(1), x)
   mix = head.apply(params, x)
   assert mix.logits.shape == mix.means.shape == mix.scales.shape == (2, 7, 5, 3)
   assert float(mix.scales.min()) >= np.float32(0.01)

@@ -20,7 +20,7 @@ def _m2t(patch_size, num_steps, alpha=2.2, order="qlds", d_model=32, layers=2):
 
 
 def _tokens(model, batch=3, seed=0):
-  x = jax.random.normal(jax.random.PRNGKey(seed), (batch, model.num_tokens, C)) * 4
+  x = jax.random.normal(jax.random.key(seed), (batch, model.num_tokens, C)) * 4
   return jnp.round(x)
 
 
@@ -43,7 +43,7 @@ def _cached_bits(model, params, tokens):
 def test_cached_decode_matches_teacher_forcing(patch_size, num_steps):
   model = _m2t(patch_size, num_steps)
   tokens = _tokens(model)
-  params = model.init(jax.random.PRNGKey(1), tokens)
+  params = model.init(jax.random.key(1), tokens)
   teacher = np.asarray(gmm.bits(model.apply(params, tokens), tokens, 1e-9))
   cached = _cached_bits(model, params, tokens)
   diff = np.abs(cached - teacher).max()
@@ -61,7 +61,7 @@ def _group_predictions(model, params, tokens, i):
 def test_no_future_leak():
   model = _m2t(4, 4)
   tokens = _tokens(model)
-  params = model.init(jax.random.PRNGKey(1), tokens)
+  params = model.init(jax.random.key(1), tokens)
   sched = model.schedule
   rng = np.random.default_rng(0)
   for i in range(sched.num_steps):
@@ -87,7 +87,7 @@ def test_group_size_one_is_autoregressive():
   maps = schedules.m2t_index_maps(sched.order, sched.sizes)
   np.testing.assert_array_equal(maps.input_index, np.r_[-1, sched.order[:-1]])
   tokens = _tokens(model)
-  params = model.init(jax.random.PRNGKey(1), tokens)
+  params = model.init(jax.random.key(1), tokens)
   base = model.apply(params, tokens)
   for s in range(9):  # changing the token of slot s changes nothing at slots <= s
     changed = tokens.at[:, sched.order[s]].add(5.0)
@@ -107,7 +107,7 @@ def test_group_size_one_is_autoregressive():
 def test_single_step_is_factorized():
   model = _m2t(4, 1)
   tokens = _tokens(model)
-  params = model.init(jax.random.PRNGKey(1), tokens)
+  params = model.init(jax.random.key(1), tokens)
   a = model.apply(params, tokens)
   b = model.apply(params, tokens * 3 + 1)
   np.testing.assert_allclose(np.asarray(a.means), np.asarray(b.means), atol=1e-6)
@@ -117,7 +117,7 @@ def test_one_model_serves_any_schedule():
   # The same parameters decode exactly under other orders and step counts.
   base = _m2t(4, 4)
   tokens = _tokens(base)
-  params = base.init(jax.random.PRNGKey(1), tokens)
+  params = base.init(jax.random.key(1), tokens)
   for other in (_m2t(4, 4, order="raster"), _m2t(4, 8, order="random"), _m2t(4, 2)):
     teacher = np.asarray(gmm.bits(other.apply(params, tokens), tokens, 1e-9))
     assert np.abs(_cached_bits(other, params, tokens) - teacher).max() <= 1e-4
@@ -126,8 +126,8 @@ def test_one_model_serves_any_schedule():
 def test_step_checks_its_input_size_and_order():
   model = _m2t(4, 4)
   tokens = _tokens(model)
-  params = model.init(jax.random.PRNGKey(1), tokens)
+  params = model.init(jax.random.key(1), tokens)
   with pytest.raises(ValueError, match="takes the 1 values"):
     model.apply(params, tokens[:, :3], model.init_cache(3), 1, method=M2T.step)
   with pytest.raises(ValueError, match="only for MT"):
-    _m2t(4, 4, order="entropy").init(jax.random.PRNGKey(1), tokens)
+    _m2t(4, 4, order="entropy").init(jax.random.key(1), tokens)

@@ -18,8 +18,8 @@ def _mt(order="qlds", num_steps=4):
 
 def _setup():
   model = _mt()
-  tokens = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (3, 16, C)) * 4)
-  params = model.init(jax.random.PRNGKey(1), tokens, jnp.zeros((3, 16), bool))
+  tokens = jnp.round(jax.random.normal(jax.random.key(0), (3, 16, C)) * 4)
+  params = model.init(jax.random.key(1), tokens, jnp.zeros((3, 16), bool))
   return model, params, tokens
 
 
@@ -44,16 +44,18 @@ def test_training_model_path_uses_the_mask():
   config = get_config("mt", "tiny")
   m = model_lib.build_model(config)
   params = model_lib.init_params(config)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3)) * 255
+  x = jax.random.uniform(jax.random.key(0), (1, 64, 64, 3)) * 255
   y_hat = jnp.round(m.apply({"params": params}, x, method=model_lib.CompressionModel.encode))
   from m2t_jax.entropy import patches
   tokens, _ = patches.to_patches(y_hat, config.patch_size)
-  rng = jax.random.PRNGKey(3)
-  mixture, masked = m.apply({"params": params}, tokens, rng,
-                            method=model_lib.CompressionModel.token_mixtures)
+  rng = jax.random.key(3)
+  rate = m.apply({"params": params}, tokens, tokens, rng,
+                 method=lambda mod, t, y, r: mod.entropy_model.rate(t, y, rng=r))
+  masked = rate.paid
   direct = m.apply({"params": params}, tokens, ~masked,
                    method=lambda mod, t, k: mod.entropy_model(t, k))
-  np.testing.assert_allclose(np.asarray(mixture.means), np.asarray(direct.means), atol=1e-6)
+  expected = gmm.bits(direct, tokens, config.gmm.prob_floor)
+  np.testing.assert_allclose(np.asarray(rate.bits), np.asarray(expected), atol=1e-4)
   frac = float(masked.mean())
   assert 0.0 < frac < 1.0
 
@@ -69,7 +71,7 @@ def test_masked_values_do_not_influence_predictions():
 
 
 def test_random_mask_ratios():
-  masks = mt.random_mask(jax.random.PRNGKey(0), 2000, 100, 0.05, 0.99)
+  masks = mt.random_mask(jax.random.key(0), 2000, 100, 0.05, 0.99)
   counts = np.asarray(masks.sum(-1))
   assert counts.min() >= 5 and counts.max() <= 99
   assert 0.45 < counts.mean() / 100 < 0.58  # E[ceil(100 r)] / 100 ~ 0.52
@@ -90,8 +92,8 @@ def test_entropy_adaptive_decode_is_reproducible_by_the_decoder():
   # Simulate encoder and decoder: both choose groups from their own predictions.
   # The decoder never sees undecoded values; it must pick the same groups.
   model = _mt(order="entropy")
-  tokens = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 16, C)) * 4)
-  params = model.init(jax.random.PRNGKey(1), tokens, jnp.zeros((2, 16), bool))
+  tokens = jnp.round(jax.random.normal(jax.random.key(0), (2, 16, C)) * 4)
+  params = model.init(jax.random.key(1), tokens, jnp.zeros((2, 16), bool))
 
   def run(values_source):
     known = jnp.zeros((2, 16), bool)

@@ -12,8 +12,8 @@ D, HEADS, LAYERS = 16, 2, 2
 
 def _model_and_params(length):
   model = tfm.Transformer(num_layers=LAYERS, num_heads=HEADS, mlp_dim=32)
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, length, D))
-  return model, model.init(jax.random.PRNGKey(1), x), x
+  x = jax.random.normal(jax.random.key(0), (2, length, D))
+  return model, model.init(jax.random.key(1), x), x
 
 
 def test_cached_groups_match_block_masked_pass():
