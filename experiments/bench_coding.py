@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode  # noqa: E402
 
 from m2t_jax import get_config  # noqa: E402
+from m2t_jax.entropy import registry  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +31,7 @@ def main(argv=None):
   width, height = (int(v) for v in args.image_size.split("x"))
   records = []
   for size in args.configs:
-    for kind in ("m2t", "mt"):
+    for kind in registry.names():
       config = get_config(kind, size)
       r = bench_decode.bench_one(size, kind, config.schedule.num_steps, width, height,
                                  args.repeats)

@@ -22,7 +22,7 @@ import numpy as np
 
 from m2t_jax import Codec, configs, images
 from m2t_jax.evaluation import metrics
-from m2t_jax.coding import steppers
+from m2t_jax.coding.steps import CodingLoop
 from m2t_jax.entropy import gmm, patches, schedules
 
 
@@ -33,19 +33,16 @@ def entropy_map(codec: Codec, image: np.ndarray, k: int) -> np.ndarray:
   _, h, w, _ = y_hat.shape
   tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), config.patch_size)
   tokens, valid = np.asarray(tokens), np.asarray(valid)
-  n = tokens.shape[0]
-  stepper = steppers.make_stepper(codec.entropy_model, codec.params["entropy_model"], config,
-                                  n, valid)
   entropy = np.zeros(valid.shape)
-  rows = np.arange(n)[:, None]
-  for i in range(stepper.num_steps):
-    cells, _, pmf, mixture = stepper.predict(i)
-    if i < k:
-      values = tokens[rows, cells]
-    else:
-      entropy[rows, cells] = np.asarray(jnp.sum(gmm.table_entropy_bits(pmf), -1))
-      values = np.asarray(gmm.mixture_mean(mixture))
-    stepper.update(i, cells, values)
+  loop = CodingLoop(codec.entropy_model, codec.params["entropy_model"], config, valid)
+  for step in loop:
+    if step.index < k:
+      values = step.take(tokens)
+    else:  # bits per element of this step's channels, summed into its cells
+      bits = np.asarray(jnp.sum(gmm.table_entropy_bits(step.pmf), -1))
+      np.add.at(entropy, (np.arange(len(step.cells))[:, None], step.cells), bits)
+      values = np.asarray(gmm.mixture_mean(step.mixture))
+    step.feed(values)
   entropy = np.where(valid, entropy, 0.0)
   return np.asarray(patches.from_patches(entropy[..., None], 1, h, w, config.patch_size))[0, ..., 0]
 

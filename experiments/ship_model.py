@@ -19,7 +19,7 @@ import os
 import ml_collections
 import numpy as np
 
-from m2t_jax import codec as codec_lib
+from m2t_jax import Codec, saved_model
 from m2t_jax import get_config, models, train
 from m2t_jax.evaluation import rd
 
@@ -62,8 +62,8 @@ def main(argv=None):
   state = train.load_checkpoint(args.workdir)
   folder = args.name.replace(".", "_")
   path = os.path.join(models.MODELS_DIR, folder)
-  codec_lib.save_params(path, config, state["params"], dtype=np.float16)
-  codec = codec_lib.Codec.load(path)
+  saved_model.save_params(path, config, state["params"], dtype=np.float16)
+  codec = Codec.load(path)
   items = rd.folder_images(args.val_dir)
   per_image = {}
   for item in items:
