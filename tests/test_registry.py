@@ -143,3 +143,36 @@ def test_unregistered_kind_in_a_stream_is_refused(toy_kind):
   registry.unregister("toy_split")
   with pytest.raises(bitstream.BitstreamError, match="unknown model kind byte 250"):
     bitstream.unpack(stream)
+
+
+@pytest.mark.parametrize("kind", ["mt", "m2t"])
+def test_builtin_plans_cover_every_element_once(kind):
+  config = get_config(kind, "tiny")
+  model = registry.build(config)
+  plan = model.coding_plan()
+  base.check_plan(plan, model.num_tokens, config.latent_channels)
+  assert len(plan) == config.schedule.num_steps
+  # The check can fail: drop a step and it does.
+  with pytest.raises(ValueError):
+    base.check_plan(plan[:-1], model.num_tokens, config.latent_channels)
+
+
+def test_one_pass_rate_equals_the_coding_loop():
+  """For a one_pass_rate kind (M2T), the bits of its decode steps run through the
+  generic loop equal its one-pass rate: the interface's promise."""
+  from m2t_jax.coding.steps import CodingLoop, element_bits  # noqa: PLC0415
+  from m2t_jax.entropy import patches  # noqa: PLC0415
+  codec = Codec.from_config(get_config("m2t", "tiny"), seed=2)
+  assert codec.entropy_model.one_pass_rate
+  y = codec.analyze(data.chelsea()[:50, :70])
+  tokens, valid = patches.to_patches(jnp.asarray(y, jnp.float32), codec.config.patch_size)
+  tokens, valid = np.asarray(tokens), np.asarray(valid)
+  params = codec.params["entropy_model"]
+  one_pass = codec.entropy_model.apply({"params": params}, tokens, tokens, method="rate").bits
+  loop_bits = np.zeros_like(tokens)
+  for step in CodingLoop(codec.entropy_model, params, codec.config, valid):
+    group = step.take(tokens)
+    step.put(loop_bits, np.asarray(element_bits(step.mixture, group,
+                                                 codec.config.gmm.prob_floor)))
+    step.feed(group)
+  np.testing.assert_allclose(loop_bits, np.asarray(one_pass), atol=1e-4)

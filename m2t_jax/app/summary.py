@@ -12,6 +12,7 @@ import numpy as np
 
 from m2t_jax import configs
 from m2t_jax import model as model_lib
+from m2t_jax.nn.elic import DOWNSCALE
 
 PARTS = ("encoder", "decoder", "embedding", "transformer", "head")
 
@@ -24,7 +25,7 @@ def param_counts(config) -> dict:
   kind has them; all its other parameters count as 'embedding'.
   """
   model = model_lib.build_model(config)
-  size = 16 * config.patch_size
+  size = DOWNSCALE * config.patch_size  # one patch of latent
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

@@ -245,7 +245,8 @@ def evaluate_image(codec, image: np.ndarray, warmed: set | None = None) -> dict:
   """
   h, w = image.shape[:2]
   if warmed is not None:
-    shape = (-(-h // 16), -(-w // 16))
+    from m2t_jax.codec import latent_size  # noqa: PLC0415 - JAX only for codecs
+    shape = latent_size(h, w)  # one compilation per latent shape
     if shape not in warmed:
       codec.decompress(codec.compress(image))
       codec.estimate(image)
