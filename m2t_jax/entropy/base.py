@@ -132,6 +132,21 @@ class EntropyModel(nn.Module):
     raise NotImplementedError
 
 
+def transformer_fields(config) -> dict:
+  """Constructor fields that MT-like kinds (patch transformer + mixture head with
+  a power schedule) read from a config the same way."""
+  t = config.transformer
+  return dict(
+      latent_channels=config.latent_channels, patch_size=config.patch_size,
+      d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
+      mlp_dim=t.mlp_dim, num_mixtures=config.gmm.num_mixtures,
+      scale_floor=config.gmm.scale_floor, embed_delta=config.embed_delta,
+      embed_layernorm=config.embed_layernorm, dropout=t.dropout,
+      num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
+      order=config.schedule.order, order_seed=config.schedule.seed,
+      prob_floor=config.gmm.prob_floor)
+
+
 def check_plan(plan, num_tokens: int, num_channels: int) -> None:
   """Raises ValueError unless the fixed parts of ``plan`` cover every element of a
   patch exactly once (steps with cells=None are only checked for their sizes)."""

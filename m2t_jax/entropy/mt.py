@@ -55,17 +55,10 @@ class MT(base.EntropyModel):
 
   @classmethod
   def from_config(cls, config) -> "MT":
-    t = config.transformer
-    return cls(
-        latent_channels=config.latent_channels, patch_size=config.patch_size,
-        d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
-        mlp_dim=t.mlp_dim, num_mixtures=config.gmm.num_mixtures,
-        scale_floor=config.gmm.scale_floor, embed_delta=config.embed_delta,
-        embed_layernorm=config.embed_layernorm, dropout=t.dropout,
-        num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
-        order=config.schedule.order, order_seed=config.schedule.seed,
-        prob_floor=config.gmm.prob_floor, mask_ratio_min=config.mt_mask_ratio_min,
-        mask_ratio_max=config.mt_mask_ratio_max, rank_radius=config.gmm.table_radius)
+    return cls(**base.transformer_fields(config),
+               mask_ratio_min=config.mt_mask_ratio_min,
+               mask_ratio_max=config.mt_mask_ratio_max,
+               rank_radius=config.gmm.table_radius)
 
   @classmethod
   def validate_config(cls, config) -> None:
