@@ -215,9 +215,9 @@ def _all_mixtures(codec, tokens, valid) -> gmm.Mixture:
   parts = []
   for step in CodingLoop(codec.entropy_model, codec.params["entropy_model"],
                          codec.config, valid):
-    parts.append(jax.tree_util.tree_map(lambda t: t.reshape(-1, t.shape[-1]), step.mixture))
+    parts.append(jax.tree.map(lambda t: t.reshape(-1, t.shape[-1]), step.mixture))
     step.feed(step.take(tokens))
-  return jax.tree_util.tree_map(lambda *ts: jnp.concatenate(ts), *parts)
+  return jax.tree.map(lambda *ts: jnp.concatenate(ts), *parts)
 
 
 def _markdown(records) -> str:

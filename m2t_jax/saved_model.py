@@ -52,6 +52,6 @@ def load_params(path: str):
         node = node.setdefault(p, {})
       node[leaf] = jnp.asarray(flat[key], jnp.float32)
   expected = jax.eval_shape(lambda: model_lib.init_params(config, 0, image_size=16))
-  if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(params):
+  if jax.tree.structure(expected) != jax.tree.structure(params):
     raise ValueError(f"The parameters in {path!r} do not match its config.json.")
   return config, params

@@ -35,11 +35,11 @@ def test_forward_and_gradients(kind):
   mse = jnp.mean((clipped - x) ** 2, axis=(1, 2, 3))
   np.testing.assert_allclose(np.asarray(out["psnr"]),
                              np.asarray(10 * jnp.log10(255**2 / mse)), rtol=1e-5)
-  flat = jax.tree_util.tree_leaves(grads)
+  flat = jax.tree.leaves(grads)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in flat)
   # Every part learns: encoder, decoder and the entropy model get gradients.
   for part in ("analysis", "synthesis", "entropy_model"):
-    assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[part])) > 0
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part])) > 0
 
 
 def test_eval_rate_is_bits_of_rounded_latent():

@@ -28,7 +28,7 @@ def param_counts(config) -> dict:
   size = DOWNSCALE * config.patch_size  # one patch of latent
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   entropy = dict(shapes["entropy_model"])
   counts = {"encoder": count(shapes["analysis"]), "decoder": count(shapes["synthesis"])}
   for part in ("transformer", "head"):

@@ -102,7 +102,7 @@ class CodingLoop:
           self._params, self._state, step)
       g = planned.size
       if cells.shape[1] != g:  # padded to share one compilation: keep the first g
-        mixture = jax.tree_util.tree_map(lambda t, g=g: t[:, :g], mixture)
+        mixture = jax.tree.map(lambda t, g=g: t[:, :g], mixture)
       cells = np.asarray(cells)[:, :g]
       channels = slice(*planned.channels)
       todo = ~self._coded[rows, cells, channels]

@@ -66,6 +66,6 @@ def wide_tables(mixture: gmm.Mixture, flat_index: np.ndarray, config) -> np.ndar
 def wide_fn(config):
   """The jitted (mixture, index (WIDE_CHUNK,)) -> wide tables of a config."""
   def tables(mixture, index):
-    flat = jax.tree_util.tree_map(lambda t: t.reshape(-1, t.shape[-1])[index], mixture)
+    flat = jax.tree.map(lambda t: t.reshape(-1, t.shape[-1])[index], mixture)
     return gmm.coding_tables(flat, config.gmm.table_radius, config.gmm.prob_floor)[1]
   return jax.jit(tables)

@@ -119,7 +119,7 @@ class M2T(base.EntropyModel):
     x, _ = self.transformer(x, mask=jnp.asarray(mask), deterministic=deterministic)
     mixture = self.head(x)  # slot order
     inverse = jnp.asarray(np.argsort(sched.order))
-    return jax.tree_util.tree_map(lambda t: jnp.take(t, inverse, axis=1), mixture)
+    return jax.tree.map(lambda t: jnp.take(t, inverse, axis=1), mixture)
 
   def step(self, prev_values: jax.Array, cache: tfm.Cache, step: int):
     """Decode step ``step`` (0-based, static).

@@ -143,7 +143,7 @@ class MT(base.EntropyModel):
                                (tokens.shape[0], g_max))
     take = lambda t: jnp.take_along_axis(
         t, cells.reshape(cells.shape + (1,) * (t.ndim - 2)), axis=1)
-    return cells, jax.tree_util.tree_map(take, mixture), state
+    return cells, jax.tree.map(take, mixture), state
 
   def decode_update(self, state, step, cells, values):
     del step
