@@ -264,6 +264,6 @@ def resolve_model_path(path: str | None) -> str:
   from m2t_jax import models  # noqa: PLC0415 - the manifest is read on demand
   if path is None or path in registry.names() or path in models.names():
     return models.resolve(path)
-  raise FileNotFoundError(f"No saved model folder {path!r} (it needs config.json and "
-                          f"params.npz) and no shipped model of that name; shipped: "
-                          f"{models.names()}.")
+  raise FileNotFoundError(f"{path!r} is not a saved model folder (one with config.json "
+                          f"and params.npz) nor the name of a shipped model or kind; "
+                          f"shipped: {models.names()}.")
