@@ -77,26 +77,20 @@ def _transformer_fn(codec, tokens, valid):
   model = codec.entropy_model
   params = codec.params["entropy_model"]
   plan = model.coding_plan()
-  step = jax.jit(lambda p, s, i: model.apply({"params": p}, s, i, method="decode_step")[1:],
+  step = jax.jit(lambda p, s, i: model.apply({"params": p}, s, i, method="decode_step"),
                  static_argnums=2 if model.static_steps else (), donate_argnums=1)
-  cells_fn = jax.jit(lambda p, s, i: model.apply({"params": p}, s, i,
-                                                  method="decode_step")[0],
-                     static_argnums=2 if model.static_steps else ())
   tokens = np.asarray(tokens)
   rows = np.arange(tokens.shape[0])[:, None]
-  # Fixed plans: the cells are known ahead, as the decoder knows them.
-  fixed = all(p.cells is not None for p in plan)
 
   def run():
     state = model.init_decode_state(valid)
     out = None
     for i, planned in enumerate(plan):
-      index = i if model.static_steps else np.int32(i)
-      if fixed:
+      cells, out, state = step(params, state, i if model.static_steps else np.int32(i))
+      if planned.cells is not None:  # fixed: known ahead, as the decoder knows them
         cells = np.broadcast_to(planned.cells, (tokens.shape[0], planned.size))
       else:  # chosen by the model from its state (MT's entropy order)
-        cells = np.asarray(cells_fn(params, state, index))[:, :planned.size]
-      out, state = step(params, state, index)
+        cells = np.asarray(cells)[:, :planned.size]
       values = tokens[rows, cells, slice(*planned.channels)]
       state = model.decode_update(state, i, cells, values)
     return out

@@ -30,8 +30,7 @@ from m2t_jax import model as model_lib
 from m2t_jax import saved_model
 from m2t_jax.coding import bitstream
 from m2t_jax.coding.bitstream import BitstreamError
-from m2t_jax.coding.entropy_coder import (EntropyCoder, check_latent, fingerprint,
-                                          resolve_model_path)
+from m2t_jax.coding.entropy_coder import EntropyCoder, check_latent, fingerprint
 from m2t_jax.nn.elic import DOWNSCALE
 
 __all__ = ["BitstreamError", "Codec", "ImageError"]
@@ -93,7 +92,7 @@ class Codec:
       (a kind such as 'm2t' or 'mt', or a name from ``m2t_jax/models/manifest.json``).
     Raises FileNotFoundError when there is no such model.
     """
-    return cls(*saved_model.load_params(resolve_model_path(path)))
+    return cls(*saved_model.load_params(saved_model.locate(path)))
 
   def save(self, path: str) -> None:
     """Writes config.json and params.npz (parameters only) into folder ``path``."""

@@ -1,7 +1,8 @@
 """A trained model on disk: a folder with config.json and params.npz.
 
 ``save_params`` writes it (``Codec.save``, the end of training, ``ship_model``);
-``load_params`` reads it back (``Codec.load``, ``EntropyCoder.load``, warm starts).
+``load_params`` reads it back (``Codec.load``, ``EntropyCoder.load``, warm starts);
+``locate`` turns a folder or a shipped model's name into the folder.
 params.npz holds the flattened parameter tree, one array per leaf, keys joined
 with '/' (e.g. ``entropy_model/transformer/layer_0/attention/query/kernel``).
 """
@@ -13,6 +14,31 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+
+def is_saved_model(path: str) -> bool:
+  """Whether ``path`` is a folder with config.json and params.npz."""
+  return all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "params.npz"))
+
+
+def locate(path: str | None) -> str:
+  """The folder of a model given as a saved-model folder or a shipped name.
+
+  path: a folder written by ``save_params``; None = the default shipped model;
+  a registered kind (e.g. 'm2t') = the shipped model of that kind; or a name from
+  ``m2t_jax/models/manifest.json``. Raises FileNotFoundError otherwise (before
+  anything is loaded, so a long run fails at once).
+  """
+  if path is not None and is_saved_model(path):
+    return path
+  from m2t_jax import models  # noqa: PLC0415 - the manifest is read on demand
+  from m2t_jax.entropy import registry  # noqa: PLC0415 - imports the model modules
+  if path is None or path in registry.names() or path in models.names():
+    return models.resolve(path)
+  raise FileNotFoundError(
+      f"{path!r} is not a saved model folder: not a folder written by Codec.save "
+      f"(config.json + params.npz), nor the name of a shipped model or kind; "
+      f"shipped: {models.names()}.")
 
 
 def save_params(path: str, config, params, dtype=None) -> None:
@@ -36,11 +62,11 @@ def load_params(path: str):
   its parameters do not match its config.
   """
   from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports flax modules
-  config_path = os.path.join(path, "config.json")
-  params_path = os.path.join(path, "params.npz")
-  if not (os.path.isfile(config_path) and os.path.isfile(params_path)):
+  if not is_saved_model(path):
     raise FileNotFoundError(f"{path!r} is not a saved m2t_jax model (it needs "
                             "config.json and params.npz).")
+  config_path = os.path.join(path, "config.json")
+  params_path = os.path.join(path, "params.npz")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   params: dict = {}

@@ -73,8 +73,7 @@ def _summary(args):
 
 
 def _eval(args):
-  from m2t_jax import Codec, configs, models
-  from m2t_jax.entropy import registry
+  from m2t_jax import Codec, configs, models, saved_model
   from m2t_jax.evaluation import rd
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
@@ -84,12 +83,7 @@ def _eval(args):
                lambda: Codec.from_config(config, seed=args.seed))]
   elif args.checkpoint:
     for path in args.checkpoint:  # fail before hours of evaluation, not after
-      if not os.path.isdir(path) and (path in models.names() or path in registry.names()):
-        models.resolve(path)  # FileNotFoundError for a kind of which no model ships
-      elif not all(os.path.isfile(os.path.join(path, f))
-                   for f in ("config.json", "params.npz")):
-        raise FileNotFoundError(f"checkpoint {path!r} is not a folder written by Codec.save "
-                                "(it needs config.json and params.npz)")
+      saved_model.locate(path)
     codecs = [(path, lambda path=path: Codec.load(path)) for path in args.checkpoint]
   else:  # every shipped model of the default model's kind: one RD point per lambda
     models.resolve(None)  # raises FileNotFoundError: no model ships

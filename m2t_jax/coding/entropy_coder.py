@@ -27,7 +27,6 @@ versions, can differ in the last bit of a float and then decode a wrong latent.
 
 import hashlib
 import json
-import os
 import time
 
 import jax
@@ -111,8 +110,8 @@ class EntropyCoder:
 
   @classmethod
   def load(cls, path: str | None = None) -> "EntropyCoder":
-    """The entropy model of a saved or shipped model (see ``Codec.load``)."""
-    config, params = saved_model.load_params(resolve_model_path(path))
+    """The entropy model of a saved or shipped model (``saved_model.locate``)."""
+    config, params = saved_model.load_params(saved_model.locate(path))
     return cls(config, params["entropy_model"])
 
   @property
@@ -194,13 +193,13 @@ class EntropyCoder:
     included) and "range_coding_s" (seconds).
     """
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), self.config.patch_size)
-    loop = self._loop(np.asarray(valid))
+    valid = np.asarray(valid)
+    loop = self._loop(valid)
     total = len(loop)
     if num_steps is not None and not 0 <= num_steps <= total:
       raise ValueError(f"num_steps must be in 0..{total}, got {num_steps}.")
     coded_steps = total if num_steps is None else num_steps
-    n, length = loop._valid.shape
-    values = np.zeros((n, length, self.latent_channels),
+    values = np.zeros(valid.shape + (self.latent_channels,),
                       np.int64 if coded_steps == total else np.float64)
     timings = {} if timings is None else timings
     timings.setdefault("steps_s", 0.0)
@@ -254,16 +253,3 @@ class EntropyCoder:
                                                             method="rate").bits)
     elem = self._rate_fn(self.params, tokens)
     return float(jnp.sum(elem * valid[..., None]))
-
-
-def resolve_model_path(path: str | None) -> str:
-  """A saved-model folder, or the folder of a shipped model: None = the default,
-  a kind name = the shipped model of that kind, or a name from the manifest."""
-  if path is not None and os.path.isdir(path):
-    return path
-  from m2t_jax import models  # noqa: PLC0415 - the manifest is read on demand
-  if path is None or path in registry.names() or path in models.names():
-    return models.resolve(path)
-  raise FileNotFoundError(f"{path!r} is not a saved model folder (one with config.json "
-                          f"and params.npz) nor the name of a shipped model or kind; "
-                          f"shipped: {models.names()}.")

@@ -103,7 +103,10 @@ class CodingLoop:
       g = planned.size
       if cells.shape[1] != g:  # padded to share one compilation: keep the first g
         mixture = jax.tree.map(lambda t, g=g: t[:, :g], mixture)
-      cells = np.asarray(cells)[:, :g]
+      if planned.cells is not None:  # fixed plan: no need to fetch them
+        cells = np.broadcast_to(planned.cells, (self._valid.shape[0], g))
+      else:  # chosen by the model from its state (MT's entropy order)
+        cells = np.asarray(cells)[:, :g]
       channels = slice(*planned.channels)
       todo = ~self._coded[rows, cells, channels]
       self._pending = i

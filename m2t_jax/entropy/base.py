@@ -68,8 +68,10 @@ class PlannedStep:
   size: g, the number of cells the step predicts in every patch.
   channels: (start, stop), the channel slice predicted for those cells; (0, C)
     for a model that codes whole tokens.
-  cells: (g,) int cell indices in the order of the step's outputs, or None when
-    the model chooses them at decode time from state (the same on both sides).
+  cells: (g,) int cell indices in the order of the step's outputs (then the
+    first g cells ``decode_step`` returns must equal them; the loop uses these and
+    does not fetch the step's), or None when the model chooses them at decode
+    time from state (the same on both sides).
   """
   size: int
   channels: tuple[int, int]

@@ -1,6 +1,5 @@
 """The train state: what one update changes, its initialisation, warm starts."""
 
-import os
 from typing import Any
 
 import flax
@@ -52,11 +51,9 @@ def warm_start_params(params, source: str):
     ValueError: less than half of the parameters (by count) match: a model of
       another size, not a warm start.
   """
-  from m2t_jax import models  # noqa: PLC0415 - reads the manifest only when needed
-  from m2t_jax.saved_model import load_params  # noqa: PLC0415
+  from m2t_jax import saved_model  # noqa: PLC0415
 
-  folder = source if os.path.isdir(source) else models.resolve(source)
-  _, loaded = load_params(folder)
+  _, loaded = saved_model.load_params(saved_model.locate(source))
   flat_loaded = {jax.tree_util.keystr(p): v
                  for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
   copied, kept = [], []
