@@ -54,13 +54,62 @@ def test_orders_are_deterministic():
   assert not np.array_equal(schedules.random_order(8, 8, 5), schedules.random_order(8, 8, 6))
 
 
-def test_qlds_starts_like_the_r2_sequence():
-  # Independent recomputation of the first points of Roberts' R2 sequence.
-  g = 1.32471795724474602596
-  for n in range(3):
-    r = int(((0.5 + n / g) % 1.0) * 24)
-    c = int(((0.5 + n / g**2) % 1.0) * 24)
-    assert schedules.qlds_order(24, 24)[n] == r * 24 + c
+_PLASTIC = 1.32471795724474602596  # g, the real root of g^3 = g + 1
+
+
+def _r2_cell(n, h, w):
+  """SPEC §6: point n of Roberts' R2 sequence, (frac(0.5 + n a1), frac(0.5 + n a2))
+  with a1 = 1/g, a2 = 1/g^2, the first coordinate scaled to the rows and the
+  second to the columns, floored; returns its row-major cell."""
+  u1 = (0.5 + n * (1.0 / _PLASTIC)) % 1.0
+  u2 = (0.5 + n * (1.0 / (_PLASTIC * _PLASTIC))) % 1.0
+  return int(u1 * h) * w + int(u2 * w)
+
+
+def _r2_order_reference(h, w):
+  """The QLDS order written out plainly: walk the sequence, skip cells already
+  taken. Returns the order and the number of points walked (more than h*w when
+  some points landed on a taken cell)."""
+  taken = set()
+  order = []
+  n = 0
+  while len(order) < h * w:
+    cell = _r2_cell(n, h, w)
+    if cell not in taken:
+      taken.add(cell)
+      order.append(cell)
+    n += 1
+  return order, n
+
+
+def test_plastic_number_constant():
+  assert abs(_PLASTIC**3 - _PLASTIC - 1) < 1e-12
+
+
+@pytest.mark.parametrize("h,w", [(24, 24), (16, 16), (4, 4), (5, 3), (13, 29), (1, 7),
+                                 (7, 1)])
+def test_qlds_order_is_the_r2_walk(h, w):
+  np.testing.assert_array_equal(schedules.qlds_order(h, w), _r2_order_reference(h, w)[0])
+
+
+@pytest.mark.parametrize("h,w", [(24, 24), (16, 16), (4, 4), (5, 3), (13, 29), (7, 1)])
+def test_r2_walk_skips_taken_cells(h, w):
+  # Makes the comparison above non-vacuous: on these grids points collide, so an
+  # order without the skip (or with a different skip rule) would differ.
+  assert _r2_order_reference(h, w)[1] > h * w
+
+
+def test_qlds_skips_inside_the_first_groups_on_24x24():
+  # On the paper's 24x24 grid the first collision comes early (not only when the
+  # last free cells are hunted down): the order must skip there and go on with
+  # the next point, exactly as the plain walk does.
+  raw = [_r2_cell(n, 24, 24) for n in range(576)]
+  first_repeat = next(n for n in range(576) if raw[n] in raw[:n])
+  assert first_repeat < 576 // 2
+  order = schedules.qlds_order(24, 24)
+  np.testing.assert_array_equal(order[:first_repeat], raw[:first_repeat])
+  assert order[first_repeat] != raw[first_repeat]  # the taken cell was skipped
+  assert order[first_repeat] == next(c for c in raw[first_repeat:] if c not in raw[:first_repeat])
 
 
 def _mean_nn_distance(cells, w):
