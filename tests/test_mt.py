@@ -2,11 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import pytest
 
 from m2t_jax import model as model_lib
+from m2t_jax.coding import steps, tables
 from m2t_jax.configs import get_config
-from m2t_jax.entropy import gmm, mt
+from m2t_jax.entropy import gmm, mt, registry
 
 C = 6
 
@@ -23,20 +26,54 @@ def _setup():
   return model, params, tokens
 
 
-def test_decode_step_matches_training_forward():
-  # Training: true values everywhere, a mask hides some. Decoding: only the known
-  # values exist (zeros elsewhere). Same mask -> same predictions for the masked.
-  model, params, tokens = _setup()
-  sched = model.schedule
-  for i in range(sched.num_steps):
-    known = jnp.asarray(mt.known_before_step(sched, i))[None].repeat(3, 0)
-    train_mix = model.apply(params, tokens, known)
-    decoder_tokens = jnp.where(known[..., None], tokens, 0.0)
-    step_mix = model.apply(params, decoder_tokens, known)
-    cells = sched.group(i)
-    train_bits = gmm.bits(train_mix, tokens, 1e-9)[:, cells]
-    step_bits = gmm.bits(step_mix, tokens, 1e-9)[:, cells]
-    np.testing.assert_allclose(np.asarray(step_bits), np.asarray(train_bits), atol=1e-5)
+@pytest.mark.parametrize("order", ["qlds", "entropy"])
+def test_coding_loop_matches_training_rate(monkeypatch, order):
+  # Two different paths must give the same distributions: the coding loop (jitted
+  # decode_step / decode_update, which sees only the values fed so far, zeros
+  # elsewhere) and the training pass (rate(), which sees every true value and
+  # hides the masked ones behind the mask vector). rate draws its mask from
+  # mt.random_mask; substituting the decode state's mask (unknown = masked) runs
+  # rate's own code, its bits formula and prob_floor included.
+  config = get_config("mt", "tiny")
+  config.schedule.order = order
+  config = ml_collections.FrozenConfigDict(config)  # hashable: the loop caches its step
+  model = registry.build(config)
+  n, length, c = 3, model.num_tokens, config.latent_channels
+  valid = np.ones((n, length), bool)
+  valid[2, 3::4] = False  # the right column of the last patch is padding
+  tokens = np.round(np.asarray(jax.random.normal(jax.random.key(0), (n, length, c))) * 3)
+  tokens = np.where(valid[..., None], tokens, 0.0).astype(np.float32)  # padding = 0
+  params = model.init(jax.random.key(1), jnp.asarray(tokens), jnp.asarray(~valid))["params"]
+
+  rows = np.arange(n)[:, None]
+  known = ~valid  # padding is known from the start (SPEC: never coded)
+  num_steps = 0
+  for step in steps.CodingLoop(model, params, config, valid):
+    monkeypatch.setattr(mt, "random_mask", lambda *_, m=~known: jnp.asarray(m))
+    rate = model.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(tokens),
+                       jax.random.key(2), method="rate")
+    np.testing.assert_array_equal(np.asarray(rate.paid), ~known)
+    # The loop codes exactly the step's cells that are neither padding nor coded.
+    np.testing.assert_array_equal(step.todo, np.broadcast_to(
+        ~known[rows, step.cells][..., None], step.todo.shape))
+    full = model.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(known))
+    train_mix = gmm.Mixture(*[np.asarray(t)[rows, step.cells] for t in full])
+    for name, got, want in zip(gmm.Mixture._fields, step.mixture, train_mix, strict=True):
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5, err_msg=name)
+    loop_bits = steps.element_bits(step.mixture, step.take(tokens), config.gmm.prob_floor)
+    np.testing.assert_allclose(np.asarray(loop_bits),
+                               np.asarray(rate.bits)[rows, step.cells], atol=1e-4)
+    # The coding tables the range coder gets are those of the training mixtures,
+    # built with the config's own table parameters.
+    centers, pmf = gmm.coding_tables(gmm.Mixture(*map(jnp.asarray, train_mix)),
+                                     tables.narrow_radius(config), config.gmm.prob_floor)
+    np.testing.assert_array_equal(step.centers, np.asarray(centers))
+    np.testing.assert_allclose(step.pmf, np.asarray(pmf), atol=1e-6)
+    step.feed(step.take(tokens))
+    known[rows, step.cells] = True
+    num_steps += 1
+  assert num_steps == config.schedule.num_steps
+  assert known.all()  # every valid cell was coded
 
 
 def test_training_model_path_uses_the_mask():
