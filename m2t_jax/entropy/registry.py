@@ -82,13 +82,16 @@ def build(config) -> "object":
 
 def _register_builtin() -> None:
   # Imported here so that `configs` and the model modules can import this one.
+  from m2t_jax.configs import grouped as grouped_config  # noqa: PLC0415
   from m2t_jax.configs import m2t as m2t_config  # noqa: PLC0415
   from m2t_jax.configs import mt as mt_config  # noqa: PLC0415
+  from m2t_jax.entropy.grouped import GroupedMixer  # noqa: PLC0415
   from m2t_jax.entropy.m2t import M2T  # noqa: PLC0415
   from m2t_jax.entropy.mt import MT  # noqa: PLC0415
   # The codes are the bytes of format version 2 streams: never change them.
   register(Kind("mt", code=0, model=MT, config=mt_config.get_config))
   register(Kind("m2t", code=1, model=M2T, config=m2t_config.get_config))
+  register(Kind("grouped", code=2, model=GroupedMixer, config=grouped_config.get_config))
 
 
 _register_builtin()
