@@ -8,7 +8,8 @@ that kind's shipped model (the default one for its kind): compress to a real
 decode seconds. JPEG and WebP are encoded at the quality whose bpp is closest to
 the first model's. Writes into the output folder: ``NAME_KIND.m2t``,
 ``NAME_KIND.png`` (the decoded image), ``NAME_side_by_side.png`` (original |
-first model | JPEG at matched bpp) and ``results.json``; prints a table.
+first model | JPEG at matched bpp, each panel under a strip with its label:
+codec, bpp, PSNR; ``side_by_side``) and ``results.json``; prints a table.
 Times exclude JAX compilation: each model compiles on a first, untimed image.
 """
 
@@ -55,6 +56,55 @@ def matched_quality(image: np.ndarray, codec: str, target_bpp: float):
   return best[:3]
 
 
+def label_parts(record: dict) -> list[str]:
+  """The label of a result record: [codec, 'bpp', 'PSNR'] ('M2T', '0.190 bpp',
+  '26.71 dB')."""
+  return [record["codec"], f"{record['bpp']:.3f} bpp", f"{record['psnr']:.2f} dB"]
+
+
+def _wrap(parts: list[str], font, width: float) -> list[str]:
+  """``parts`` joined with ', ' into as few lines as fit ``width`` pixels (a part
+  wider than that gets a line of its own, clipped when drawn)."""
+  lines = [parts[0]]
+  for part in parts[1:]:
+    joined = f"{lines[-1]}, {part}"
+    if font.getlength(joined) <= width:
+      lines[-1] = joined
+    else:
+      lines.append(part)
+  return lines
+
+
+def side_by_side(panels: list[tuple[list[str], np.ndarray]]) -> tuple[np.ndarray, int]:
+  """The panels left to right, each under a white strip with its label.
+
+  Args:
+    panels: (label parts, e.g. ``label_parts(record)``, uint8 (H, W_i, 3) image);
+      every image of the same height H.
+
+  Returns:
+    (uint8 (strip + H, sum of W_i, 3), strip): the strip rows hold the labels
+    (black on white, Pillow's built-in default font, wrapped at the parts to the
+    panel's width); rows strip: are the images, unchanged (no label covers them).
+  """
+  from PIL import ImageDraw, ImageFont  # noqa: PLC0415
+  font = ImageFont.load_default()  # built into Pillow: no font file to ship
+  pad = 3
+  line_height = font.getbbox("Ag")[3] + 2
+  lines = [_wrap(parts, font, image.shape[1] - 2 * pad) for parts, image in panels]
+  strip = 2 * pad + line_height * max(len(ls) for ls in lines)
+  columns = []
+  for (_, image), label in zip(panels, lines, strict=True):
+    # One strip per panel, of its width: a label too long is clipped there and
+    # never runs into the next panel's.
+    header = Image.new("RGB", (image.shape[1], strip), "white")
+    draw = ImageDraw.Draw(header)
+    for i, line in enumerate(label):
+      draw.text((pad, pad + i * line_height), line, fill="black", font=font)
+    columns.append(np.concatenate([np.asarray(header), image], axis=0))
+  return np.concatenate(columns, axis=1), strip
+
+
 def _progress(message: str) -> None:
   print(f"[demo] {message}", file=sys.stderr, flush=True)
 
@@ -74,7 +124,7 @@ def run(output_dir: str, images=None, codecs=None) -> list[dict]:
   records = []
   for name, image in images:
     pixels = image.shape[0] * image.shape[1]
-    first_bpp, first_decoded = None, None
+    first_record, first_decoded = None, None
     for label, codec in codecs:
       _progress(f"{label}: {name}")
       t0 = time.perf_counter()
@@ -88,18 +138,20 @@ def run(output_dir: str, images=None, codecs=None) -> list[dict]:
       records.append({"image": name, "codec": label, "bpp": 8 * len(data) / pixels,
                       "psnr": metrics.psnr_rgb(image, decoded), "encode_s": t1 - t0,
                       "decode_s": t2 - t1})
-      if first_bpp is None:
-        first_bpp, first_decoded = records[-1]["bpp"], decoded
-    jpeg_decoded = None
+      if first_record is None:
+        first_record, first_decoded = records[-1], decoded
+    jpeg_decoded = jpeg_record = None
     for codec_name in ("jpeg", "webp"):
       _progress(f"{codec_name.upper()} at matched bpp: {name}")
-      quality, data, decoded = matched_quality(image, codec_name, first_bpp)
+      quality, data, decoded = matched_quality(image, codec_name, first_record["bpp"])
       records.append({"image": name, "codec": f"{codec_name.upper()} q{quality}",
                       "bpp": 8 * len(data) / pixels, "psnr": metrics.psnr_rgb(image, decoded),
                       "encode_s": None, "decode_s": None})
       if codec_name == "jpeg":
-        jpeg_decoded = decoded
-    side = np.concatenate([image, first_decoded, jpeg_decoded], axis=1)
+        jpeg_decoded, jpeg_record = decoded, records[-1]
+    side, _ = side_by_side([(["original"], image),
+                            (label_parts(first_record), first_decoded),
+                            (label_parts(jpeg_record), jpeg_decoded)])
     Image.fromarray(side).save(os.path.join(output_dir, f"{name}_side_by_side.png"))
   with open(os.path.join(output_dir, "results.json"), "w") as f:
     json.dump(records, f, indent=1)
