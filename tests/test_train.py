@@ -9,6 +9,7 @@ to 64 = 16 * patch_size (its 32 is not a whole latent patch, which training reje
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2t_jax import configs, saved_model, train
+from m2t_jax import Codec, configs, saved_model, train
+from m2t_jax.app import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 60  # shared by the subprocess runs so that they share compilations
@@ -296,6 +298,7 @@ def test_tiny_training_on_two_devices_reduces_the_loss(uninterrupted_run):
     assert np.isfinite(records[-1][key]), key
   (evaluation,) = _records(workdir, "eval")
   assert evaluation["step"] == NUM_STEPS and evaluation["num_images"] == 3
+  assert "bpp_one_pass" not in evaluation  # M2T's one pass is its schedule's rate
   assert 0 < evaluation["bpp"] < 10 and 0 < evaluation["psnr"] < 60
   assert _checkpoints(workdir) == [NUM_STEPS]
   # The codec's export of the final parameters.
@@ -306,6 +309,84 @@ def test_tiny_training_on_two_devices_reduces_the_loss(uninterrupted_run):
     for p, value in flat:
       np.testing.assert_array_equal(exported["/".join(k.key for k in p)], value)
   assert os.path.isfile(os.path.join(workdir, "model", "config.json"))
+
+
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory, photos):
+  """One step of a small MT (tiny with one residual block and one layer, to
+  compile fast), in this process on one device, evaluated at the end on the
+  photos' center crops; returns (workdir, config). Evaluated one image at a
+  time: one 64 x 64 crop is one patch, the shapes Codec.estimate compiles for."""
+  config = configs.get_config("mt", "tiny")
+  config.crop_size = 64
+  config.num_steps = config.checkpoint_every = 1
+  config.eval_batch_size = 1
+  config.data.train_dir = config.data.val_dir = photos
+  config.elic.num_res_blocks = 1
+  config.transformer.num_layers = 1
+  workdir = str(tmp_path_factory.mktemp("mt") / "run")
+  train.train_and_evaluate(config, workdir)
+  return workdir, config
+
+
+def test_mt_eval_bpp_is_the_rate_of_its_schedule(mt_run, photos):
+  # The logged eval bpp of MT is what Codec.estimate gives (the S-step decode
+  # loop), recomputed here from the exported model on the same center crops;
+  # the one-pass (all masked, S = 1) rate is logged apart and differs.
+  workdir, config = mt_run
+  (record,) = _records(workdir, "eval")
+  codec = Codec.load(os.path.join(workdir, "model"))
+  crops = []
+  for name in sorted(os.listdir(photos)):
+    image = np.asarray(Image.open(os.path.join(photos, name)))
+    top, left = (image.shape[0] - 64) // 2, (image.shape[1] - 64) // 2
+    crops.append(image[top:top + 64, left:left + 64])
+  schedule = np.mean([codec.estimate(crop)["bpp"] for crop in crops])
+  one_pass = jax.jit(lambda p, x: codec.model.apply({"params": p}, x)["bpp"])
+  all_masked = np.mean(one_pass(codec.params, np.stack(crops).astype(np.float32)))
+  assert record["num_images"] == 3
+  assert record["bpp"] == pytest.approx(schedule, rel=1e-5)
+  assert record["bpp_one_pass"] == pytest.approx(float(all_masked), rel=1e-5)
+  assert abs(record["bpp"] - record["bpp_one_pass"]) > 3e-3 * schedule
+  assert record["loss"] == pytest.approx(record["bpp"] + config.lmbda * record["mse"])
+
+
+def test_m2t_eval_takes_a_training_workdir(mt_run, photos, tmp_path, capsys):
+  # A workdir: its exported model, else (a copy without model/) its latest
+  # checkpoint, the same parameters, hence the same bytes; a saved model folder
+  # still works; a folder that is neither fails at once with a clear message.
+  workdir, _ = mt_run
+  images = tmp_path / "images"
+  images.mkdir()
+  Image.open(os.path.join(photos, "coffee.png")).crop((0, 0, 48, 32)).save(images / "a.png")
+  no_model = str(tmp_path / "no_model")
+  shutil.copytree(workdir, no_model, ignore=shutil.ignore_patterns("model"))
+
+  def evaluate(*paths):
+    output = str(tmp_path / "r.json")
+    status = cli.main(["eval", "--images", str(images), "--checkpoint", *paths,
+                       "--output", output, "--no-progress", "--no-warmup"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    with open(output) as f:
+      return json.load(f)["results"], printed.out
+
+  results, out = evaluate(workdir, os.path.join(workdir, "model"))
+  assert f"{workdir}: a training workdir; using its exported model {workdir}/model" in out
+  assert results["bpp"][0] == results["bpp"][1]
+  results_ckpt, out = evaluate(no_model)
+  assert "without an exported model; using its latest checkpoint (step 1)" in out
+  assert results_ckpt["checkpoint"] == [f"{no_model} (step 1)"]
+  assert results_ckpt["bpp"][0] == results["bpp"][0]
+  assert results_ckpt["psnr-rgb"][0] == results["psnr-rgb"][0]
+  neither = tmp_path / "neither"
+  neither.mkdir()
+  (neither / "config.json").write_text("{}")
+  status = cli.main(["eval", "--images", str(images), "--checkpoint", str(neither),
+                     "--output", str(tmp_path / "x.json")])
+  err = capsys.readouterr().err
+  assert status == 1 and "is neither a saved model folder" in err
+  assert "training workdir" in err and not (tmp_path / "x.json").exists()
 
 
 def test_resume_after_sigkill_and_sigterm_is_exact(tmp_path, photos, compile_cache,

@@ -13,8 +13,11 @@ IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette a
 of decompress is written as PNG. ``--checkpoint`` names a folder written by
 ``Codec.save``, a shipped model (``m2t_jax/models/manifest.json``) or a model kind
 ('m2t': the shipped model of that kind, the default one if it is); without it the
-default shipped model is used. ``--config m2t:tiny`` gives a randomly initialised
-model instead, for trying the pipeline.
+default shipped model is used. ``m2t eval --checkpoint`` also takes a training
+workdir (``python -m m2t_jax.train --workdir``): its exported model (WORKDIR/model)
+if the run finished, else its latest checkpoint; it prints which.
+``--config m2t:tiny`` gives a randomly initialised model instead, for trying the
+pipeline.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
@@ -72,8 +75,38 @@ def _summary(args):
   print(summary.format_summary(configs.load_config(args.config, args.size)))
 
 
+def _eval_model(path: str):
+  """(label, factory of the Codec) of one ``m2t eval --checkpoint PATH``: a saved
+  model folder; a training workdir: its exported model (``workdir/model``), else
+  its latest orbax checkpoint (printing which); or a shipped name
+  (``saved_model.locate``). FileNotFoundError when it is none of these."""
+  from m2t_jax import Codec, saved_model
+  is_dir = os.path.isdir(path) and not saved_model.is_saved_model(path)
+  exported = os.path.join(path, "model")
+  if is_dir and saved_model.is_saved_model(exported):
+    print(f"{path}: a training workdir; using its exported model {exported}")
+    return path, lambda: Codec.load(exported)
+  if is_dir and os.path.isdir(os.path.join(path, "checkpoints")):
+    from m2t_jax import train  # orbax and grain: only for a workdir without a model
+    step = train.latest_step(path)
+    if step is not None and os.path.isfile(os.path.join(path, "config.json")):
+      print(f"{path}: a training workdir without an exported model; using its latest "
+            f"checkpoint (step {step})")
+      return f"{path} (step {step})", lambda: Codec(*train.checkpoint_model(path, step))
+  try:
+    saved_model.locate(path)
+  except FileNotFoundError:
+    if not is_dir:
+      raise
+    raise FileNotFoundError(
+        f"{path!r} is neither a saved model folder (config.json + params.npz) nor a "
+        "training workdir (an exported model in model/, or orbax checkpoints in "
+        "checkpoints/ beside the run's config.json).") from None
+  return path, lambda: Codec.load(path)
+
+
 def _eval(args):
-  from m2t_jax import Codec, configs, models, saved_model
+  from m2t_jax import Codec, configs, models
   from m2t_jax.evaluation import rd
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
@@ -81,10 +114,8 @@ def _eval(args):
     config = configs.load_config(args.config)
     codecs = [(f"{args.config} (seed {args.seed})",
                lambda: Codec.from_config(config, seed=args.seed))]
-  elif args.checkpoint:
-    for path in args.checkpoint:  # fail before hours of evaluation, not after
-      saved_model.locate(path)
-    codecs = [(path, lambda path=path: Codec.load(path)) for path in args.checkpoint]
+  elif args.checkpoint:  # each resolved now: fail before hours of evaluation, not after
+    codecs = [_eval_model(path) for path in args.checkpoint]
   else:  # every shipped model of the default model's kind: one RD point per lambda
     models.resolve(None)  # raises FileNotFoundError: no model ships
     names = models.names(models.kinds()[0])
@@ -145,9 +176,10 @@ def _parser():
   p.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir")
   p.add_argument("--tfds-image-key", default="image", help="image feature of --tfds")
   p.add_argument("--checkpoint", nargs="+", default=None,
-                 help="folders written by Codec.save, shipped models or model kinds; "
-                      "one RD point each (default: every shipped model of the default "
-                      "model's kind)")
+                 help="folders written by Codec.save, training workdirs (their "
+                      "exported model, else their latest checkpoint), shipped models "
+                      "or model kinds; one RD point each (default: every shipped "
+                      "model of the default model's kind)")
   p.add_argument("--config", default=None,
                  help="random model from a config, e.g. m2t:tiny (testing only)")
   p.add_argument("--seed", type=int, default=0, help="seed of the --config model")

@@ -11,7 +11,8 @@ The package, one concern a module:
 * ``optim``: ``learning_rate_at_step``, ``make_optimizer``.
 * ``state``: ``TrainState``, ``create_train_state``, ``warm_start_params``.
 * ``step``: ``make_train_step`` (pmap, axis ``AXIS``), ``make_eval_step``, ``evaluate``.
-* ``checkpoints``: ``checkpoint_manager``, ``load_checkpoint``, SIGTERM handling.
+* ``checkpoints``: ``checkpoint_manager``, ``load_checkpoint``, ``latest_step``,
+  ``checkpoint_model`` (a checkpoint for the codec), SIGTERM handling.
 * ``metrics_writer``: log lines, ``metrics.jsonl``, TensorBoard.
 * ``data``: the grain input pipelines (image folders, TFDS, crops, sharding).
 * ``loop``: ``train_and_evaluate``, ``export_model``, ``maybe_initialize_distributed``.
@@ -68,7 +69,11 @@ first of which include compilation) and the same as JSON lines in
 resume, steps between the checkpoint and the interruption appear twice, the
 later line is the one that counts). Every ``eval_every`` steps and at the end,
 estimated bpp and PSNR of center crops of the validation images
-(``model(train=False)``). TensorBoard scalars in ``workdir/tensorboard`` when
+(``model(train=False)``). The eval bpp is the rate of the model's coding
+schedule, what ``Codec.estimate`` gives, for every kind: the one-pass rate of a
+kind whose ``one_pass_rate`` is True (M2T), else the decode loop's S steps (MT),
+so that the curves of all kinds compare; the latter also log ``bpp_one_pass``
+(MT: every token masked, S = 1). TensorBoard scalars in ``workdir/tensorboard`` when
 tensorboardX (or TensorFlow, for flax.metrics.tensorboard) is installed.
 
 At the end (not after a preemption) host 0 exports the parameters for the codec
@@ -76,7 +81,9 @@ to ``workdir/model`` (config.json + params.npz, ``saved_model.save_params``):
 ``m2t compress --checkpoint WORKDIR/model in.png out.m2t``. ``config.init_from``
 (a saved model folder or a shipped model's name) warm-starts a fresh run from
 the parameters of the same path and shape (``warm_start_params``).
-``load_checkpoint`` reads any checkpoint.
+``load_checkpoint`` reads any checkpoint; ``checkpoint_model(workdir, step)``
+gives (config, params) for ``Codec``. ``m2t eval --checkpoint WORKDIR`` takes a
+workdir: its exported model, else its latest checkpoint.
 
 Tip: ``JAX_COMPILATION_CACHE_DIR=/some/dir`` keeps XLA's compilations between
 runs, so that a resumed run starts in seconds (the tests do this).
@@ -84,7 +91,8 @@ runs, so that a resumed run starts in seconds (the tests do this).
 
 # The command line (absl flags) lives in __main__.py and is not imported here:
 # ``python -m m2t_jax.train`` imports this package first, then runs __main__.
-from m2t_jax.train.checkpoints import checkpoint_manager, load_checkpoint
+from m2t_jax.train.checkpoints import (checkpoint_manager, checkpoint_model, latest_step,
+                                       load_checkpoint)
 from m2t_jax.train.config_check import validate_training_config
 from m2t_jax.train.loop import export_model, maybe_initialize_distributed, train_and_evaluate
 from m2t_jax.train.optim import learning_rate_at_step, make_optimizer
@@ -95,9 +103,11 @@ __all__ = [
     "AXIS",
     "TrainState",
     "checkpoint_manager",
+    "checkpoint_model",
     "create_train_state",
     "evaluate",
     "export_model",
+    "latest_step",
     "learning_rate_at_step",
     "load_checkpoint",
     "make_eval_step",

@@ -5,12 +5,14 @@ TrainState: params, optimizer state, step, skip counter; host numpy arrays) and
 'data' (every host's grain iterator state, one JSON file per process).
 """
 
+import json
 import os
 import signal
 import threading
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -52,6 +54,34 @@ def load_checkpoint(workdir: str, step: int | None = None,
     return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
   finally:
     manager.close()
+
+
+def latest_step(workdir: str) -> int | None:
+  """The step of ``workdir``'s latest checkpoint, None when it has none (and
+  then nothing is created in ``workdir``)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  manager = checkpoint_manager(workdir)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+def checkpoint_model(workdir: str, step: int | None = None):
+  """(config, params) of a checkpoint for the codec (``Codec(config, params)``):
+  the run's ``workdir/config.json`` and the checkpoint's params (the latest
+  step by default), what ``export_model`` writes at the end of a run.
+
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint in ``workdir``.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No config.json in {workdir!r}: not a training workdir.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  return config, load_checkpoint(workdir, step)["params"]
 
 
 class Preemption:

@@ -85,8 +85,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = jax.tree.map(lambda x: x[0], state.params)
     record = {"type": "eval", "step": at_step,
               **evaluate(config, eval_step, params, val_images)}
-    logging.info("eval step %d: bpp %.4f PSNR %.2f dB loss %.4f (%d images)", at_step,
-                 record["bpp"], record["psnr"], record["loss"], record["num_images"])
+    one_pass = (f" (one pass: {record['bpp_one_pass']:.4f})"
+                if "bpp_one_pass" in record else "")
+    logging.info("eval step %d: bpp %.4f%s PSNR %.2f dB loss %.4f (%d images)", at_step,
+                 record["bpp"], one_pass, record["psnr"], record["loss"],
+                 record["num_images"])
     writer.write(record)
     return record
 

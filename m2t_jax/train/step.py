@@ -11,6 +11,8 @@ import numpy as np
 import optax
 
 from m2t_jax import model as model_lib
+from m2t_jax.coding.entropy_coder import EntropyCoder
+from m2t_jax.entropy import registry
 from m2t_jax.train.optim import learning_rate_at_step, make_optimizer
 from m2t_jax.train.state import TrainState
 
@@ -73,15 +75,24 @@ def make_train_step(config, model=None, optimizer=None):
   return train_step
 
 
+def one_pass_is_schedule(config) -> bool:
+  """Whether ``config.model``'s one-pass rate is the rate of its coding schedule
+  (the entropy model class's ``one_pass_rate``: M2T yes, MT no)."""
+  return bool(registry.get(config.model).model.one_pass_rate)
+
+
 def make_eval_step(config, model=None):
-  """jit-ed (params, images uint8 (B, H, W, 3)) -> per-image estimated bpp,
-  mse (0..255 scale) and psnr (dB), each (B,) float32; ``model(train=False)``."""
+  """jit-ed (params, images uint8 (B, H, W, 3)) -> per-image one-pass estimated
+  bpp, mse (0..255 scale) and psnr (dB), each (B,) float32; ``model(train=False)``.
+  For a kind whose one pass is not its schedule (``one_pass_is_schedule``) also
+  y_hat (B, H/16, W/16, C) float32, the rounded latent, for ``evaluate``."""
   model = model or model_lib.build_model(config)
+  keys = ("bpp", "mse", "psnr") + (() if one_pass_is_schedule(config) else ("y_hat",))
 
   @jax.jit
   def eval_step(params, images):
     out = model.apply({"params": params}, images.astype(jnp.float32), train=False)
-    return {k: out[k] for k in ("bpp", "mse", "psnr")}
+    return {k: out[k] for k in keys}
 
   return eval_step
 
@@ -89,6 +100,11 @@ def make_eval_step(config, model=None):
 def evaluate(config, eval_step, params, images: np.ndarray) -> dict:
   """Means over ``images`` (uint8 (N, H, W, 3)) of the estimated bpp, MSE and
   PSNR, and loss = bpp + config.lmbda * MSE; also num_images = N.
+
+  bpp is always the rate of the model's coding schedule, the one
+  ``Codec.estimate`` reports: the one-pass rate where that equals the schedule's
+  (M2T), else the decode loop's (MT's S steps, ``schedule_bits``); the latter
+  kinds also get bpp_one_pass, the one-pass rate (MT: every token masked, S = 1).
 
   Batches of config.eval_batch_size; the last one is padded with copies of its
   first image, so that one compilation serves every batch (the copies' results
@@ -103,7 +119,34 @@ def evaluate(config, eval_step, params, images: np.ndarray) -> dict:
       batch = np.concatenate([batch, np.repeat(batch[:1], b - len(batch), 0)])
     results.append(jax.device_get(eval_step(params, batch)))
   per_image = {k: np.concatenate([r[k] for r in results])[:n] for k in results[0]}
-  out = {k: float(np.mean(v)) for k, v in per_image.items()}
+  out = {k: float(np.mean(per_image[k])) for k in ("bpp", "mse", "psnr")}
+  if "y_hat" in per_image:
+    out["bpp_one_pass"] = out["bpp"]
+    bits = schedule_bits(config, params["entropy_model"], per_image["y_hat"], b)
+    # Every image has H * W pixels: the mean of the per-image bpp.
+    out["bpp"] = bits / (n * images.shape[1] * images.shape[2])
   out["loss"] = out["bpp"] + config.lmbda * out["mse"]
   out["num_images"] = n
   return out
+
+
+def schedule_bits(config, entropy_params, y_hat: np.ndarray, chunk: int) -> float:
+  """Total bits of the latents y_hat (N, h, w, C) (integer-valued) under the
+  coding schedule: ``EntropyCoder.estimate_bits``, i.e. the decode loop's
+  distributions, as ``Codec.estimate`` computes them.
+
+  ``chunk`` images at a time are laid side by side along the width into one
+  latent: h and w are multiples of the patch size, so its patches are exactly
+  the images' own patches (and patches are coded independently), while the
+  decode loop runs once for the chunk instead of once per image.
+  """
+  n, h, w, _ = y_hat.shape
+  if h % config.patch_size or w % config.patch_size:
+    raise ValueError(f"Latents of {h}x{w} are not whole {config.patch_size}x"
+                     f"{config.patch_size} patches.")
+  coder = EntropyCoder(config, entropy_params)
+  # rint: the straight-through rounding y + (round(y) - y) may miss the integer
+  # by an ulp.
+  y_hat = np.rint(y_hat).astype(np.int64)
+  return sum(coder.estimate_bits(np.concatenate(list(y_hat[i:i + chunk]), axis=1)[None])
+             for i in range(0, n, chunk))
