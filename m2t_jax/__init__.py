@@ -2,7 +2,8 @@
 
 Public API:
 * ``Codec`` (images <-> bytes) and ``EntropyCoder`` (integer latents <-> bytes),
-  with their errors ``BitstreamError``, ``ImageError``, ``LatentError``;
+  with their errors ``BitstreamError`` (and its ``DecodeMismatchError``,
+  ``StreamTooLargeError``), ``ImageError``, ``LatentError``;
 * ``get_config(kind, size)`` and the registry of entropy-model kinds
   (``m2t_jax.entropy.registry``), the interface they implement
   (``m2t_jax.entropy.base.EntropyModel``);
@@ -11,7 +12,8 @@ Public API:
   ``m2t_jax.entropy.schedules``.
 """
 
-from m2t_jax.codec import BitstreamError, Codec, ImageError
+from m2t_jax.codec import (BitstreamError, Codec, DecodeMismatchError, ImageError,
+                           StreamTooLargeError)
 from m2t_jax.coding.entropy_coder import EntropyCoder, LatentError
 from m2t_jax.configs import get_config
 from m2t_jax.entropy.base import EntropyModel
@@ -22,7 +24,8 @@ from m2t_jax.model import CompressionModel, build_model, rd_loss
 from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis
 
 __all__ = [
-    "BitstreamError", "Codec", "CompressionModel", "ElicAnalysis", "ElicSynthesis",
+    "BitstreamError", "Codec", "CompressionModel", "DecodeMismatchError",
+    "ElicAnalysis", "ElicSynthesis", "StreamTooLargeError",
     "EntropyCoder", "EntropyModel", "ImageError", "LatentError", "M2T", "MT", "Mixture",
     "MixtureHead", "build_model", "get_config", "rd_loss",
 ]

@@ -16,7 +16,13 @@ A Codec stream's fingerprint covers the whole model (config, E, D and the
 entropy model), so a stream decodes only with the very model that wrote it.
 
 What to expect across machines: see ``coding/entropy_coder.py`` (encode and
-decode on the same kind of device and software).
+decode on the same kind of device and software; otherwise a wrong decode raises
+``DecodeMismatchError`` rather than returning a wrong image).
+
+Hostile streams: every failure is a ``BitstreamError`` with a message naming the
+check; a header claiming more than ``max_pixels`` pixels (default Pillow's
+decompression-bomb limit, ``bitstream.DEFAULT_MAX_PIXELS`` = 89,478,485) is
+refused (``StreamTooLargeError``) before anything is allocated.
 """
 
 import time
@@ -29,11 +35,14 @@ import numpy as np
 from m2t_jax import model as model_lib
 from m2t_jax import saved_model
 from m2t_jax.coding import bitstream
-from m2t_jax.coding.bitstream import BitstreamError
-from m2t_jax.coding.entropy_coder import EntropyCoder, check_latent, fingerprint
+from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
+                                      StreamTooLargeError)
+from m2t_jax.coding.entropy_coder import EntropyCoder, LatentError, check_latent
+from m2t_jax.coding.fingerprint import fingerprint
 from m2t_jax.nn.elic import DOWNSCALE
 
-__all__ = ["BitstreamError", "Codec", "ImageError"]
+__all__ = ["BitstreamError", "Codec", "DecodeMismatchError", "ImageError",
+           "StreamTooLargeError"]
 
 
 class ImageError(ValueError):
@@ -63,7 +72,11 @@ def latent_size(height: int, width: int) -> tuple[int, int]:
 class Codec:
   """A full model (E, D, entropy model) and its parameters."""
 
-  def __init__(self, config, params):
+  def __init__(self, config, params, max_pixels: int = bitstream.DEFAULT_MAX_PIXELS):
+    """config, params: a full model's; max_pixels: the largest image (height x
+    width) ``decompress`` accepts from a header, settable later as
+    ``codec.max_pixels``."""
+    self.max_pixels = int(max_pixels)
     self.config = ml_collections.FrozenConfigDict(config)
     self.model = model_lib.build_model(config)
     self.params = params
@@ -84,7 +97,8 @@ class Codec:
     return cls(config, model_lib.init_params(config, seed, image_size=DOWNSCALE))
 
   @classmethod
-  def load(cls, path: str | None = None) -> "Codec":
+  def load(cls, path: str | None = None,
+           max_pixels: int = bitstream.DEFAULT_MAX_PIXELS) -> "Codec":
     """A trained model.
 
     path: a folder written by ``save`` (config.json + params.npz); or None for
@@ -92,7 +106,7 @@ class Codec:
       (a kind such as 'm2t' or 'mt', or a name from ``m2t_jax/models/manifest.json``).
     Raises FileNotFoundError when there is no such model.
     """
-    return cls(*saved_model.load_params(saved_model.locate(path)))
+    return cls(*saved_model.load_params(saved_model.locate(path)), max_pixels=max_pixels)
 
   def save(self, path: str) -> None:
     """Writes config.json and params.npz (parameters only) into folder ``path``."""
@@ -111,7 +125,16 @@ class Codec:
     return np.asarray(y).astype(np.int64)
 
   def reconstruct(self, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The decoder's image of a latent (1, h, w, C): uint8 (height, width, 3)."""
+    """The decoder's image of a latent (1, h, w, C): uint8 (height, width, 3).
+    Integer values (or the float means of progressive decoding) only: NaN/inf
+    or values outside int32 raise LatentError."""
+    y_hat = np.asarray(y_hat)
+    if np.issubdtype(y_hat.dtype, np.floating):  # Progressive means: any finite value.
+      if not np.all(np.isfinite(y_hat)):
+        raise LatentError("The latent has non-finite values (NaN or inf).")
+      check_latent(np.round(y_hat), self.config.latent_channels, batched=True)
+    else:
+      y_hat = check_latent(y_hat, self.config.latent_channels, batched=True)
     x = self._synthesize(self.params, jnp.asarray(y_hat, jnp.float32))
     return np.asarray(x)[0, :height, :width]
 
@@ -131,14 +154,24 @@ class Codec:
                        f"image (expected {expected}).")
     y = check_latent(y_hat[0], self.config.latent_channels)[None]
     payload = self.entropy_coder.encode_tokens(y)
-    return bitstream.pack(self.entropy_coder.header(height, width, self.fingerprint),
-                         payload)
+    header = self.entropy_coder.header(height, width, bitstream.latent_crc(y),
+                                       self.fingerprint)
+    return bitstream.pack(header, payload)
 
   def read_header(self, data: bytes) -> bitstream.Header:
     """Unpacks ``data`` and checks that this codec's model wrote it."""
     return self._unpack(data)[0]
 
   def _unpack(self, data):
+    """(header, payload) of an image stream of this model whose size is within
+    ``max_pixels``; BitstreamError otherwise."""
+    header, payload = self._unpack_any_size(data)
+    bitstream.check_size(header.height * header.width, self.max_pixels, "pixels",
+                         f"{header.width} x {header.height} image",
+                         "codec.max_pixels (m2t decompress --max-pixels)")
+    return header, payload
+
+  def _unpack_any_size(self, data):
     try:
       return self.entropy_coder.unpack(data, self.fingerprint)
     except BitstreamError as original:
@@ -163,7 +196,7 @@ class Codec:
     """
     header, payload = self._unpack(data)
     y_hat = self.entropy_coder.decode_tokens(
-        payload, *latent_size(header.height, header.width), num_steps, timings)
+        payload, *latent_size(header.height, header.width), num_steps, timings, header)
     t0 = time.perf_counter()
     image = self.reconstruct(y_hat, header.height, header.width)
     if timings is not None:
@@ -175,7 +208,7 @@ class Codec:
     means for the steps past ``num_steps`` (see ``decompress``)."""
     header, payload = self._unpack(data)
     return self.entropy_coder.decode_tokens(
-        payload, *latent_size(header.height, header.width), num_steps)
+        payload, *latent_size(header.height, header.width), num_steps, header=header)
 
   def estimate(self, image: np.ndarray) -> dict:
     """The model's rate estimate and reconstruction of the y_hat that compress codes.

@@ -4,31 +4,43 @@ import dataclasses
 import struct
 import zlib
 
+import numpy as np
 import pytest
 
 from m2t_jax.coding import bitstream as bs
 from m2t_jax.entropy import registry
 
 _HEADER = bs.Header(model_kind="m2t", order="qlds", num_steps=12, alpha=2.0,
-                    height=512, width=768, fingerprint=bytes(range(16)))
+                    height=512, width=768, fingerprint=bytes(range(16)),
+                    latent_crc=0xDEADBEEF, backend="gpu", jax=(0, 4, 38))
 _PAYLOAD = b"\x01\x02\x03\x04\xff\x00\x10\x20"
 
 
 def _craft(*, magic=bs.MAGIC, version=bs.FORMAT_VERSION, kind=1, order=0, steps=12, alpha=2.0,
-           height=512, width=768, fingerprint=bytes(range(16)), payload=_PAYLOAD,
-           payload_len=None, extra=b""):
-  """A stream with arbitrary raw field values and a valid CRC over it."""
+           height=512, width=768, fingerprint=bytes(range(16)), latent_crc=0xDEADBEEF,
+           backend=2, jax=(0, 4, 38), payload=_PAYLOAD, payload_len=None, extra=b""):
+  """A version 3 stream with arbitrary raw field values and a valid CRC over it
+  (the layout written out from the module docstring's table)."""
   if payload_len is None:
     payload_len = len(payload)
-  body = struct.pack("<4sBBBBfII16sI", magic, version, kind, order, steps, alpha,
-                     height, width, fingerprint, payload_len) + payload + extra
+  body = (magic + bytes([version, kind, order, steps]) + struct.pack("<f", alpha)
+          + struct.pack("<II", height, width) + fingerprint
+          + struct.pack("<I", latent_crc) + bytes([backend, *jax])
+          + struct.pack("<I", payload_len) + payload + extra)
+  return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _craft_v2(version=2):
+  """A stream in the layout of format versions 1 and 2 (44-byte overhead)."""
+  body = struct.pack("<4sBBBBfII16sI", bs.MAGIC, version, 1, 0, 12, 2.0, 512, 768,
+                     bytes(16), len(_PAYLOAD)) + _PAYLOAD
   return body + struct.pack("<I", zlib.crc32(body))
 
 
 def test_round_trip():
   data = bs.pack(_HEADER, _PAYLOAD)
   assert len(data) == bs.HEADER_BYTES + len(_PAYLOAD)
-  assert bs.HEADER_BYTES == 44
+  assert bs.HEADER_BYTES == 52
   assert data[:4] == b"M2TJ"
   header, payload = bs.unpack(data)
   assert header == _HEADER
@@ -63,11 +75,14 @@ def test_not_bytes():
     (_craft()[:bs.HEADER_BYTES - 1], "truncated"),
     (_craft(magic=b"\x89PNG"), "not an m2t_jax stream"),
     (_craft(version=bs.FORMAT_VERSION + 1), "newer version"),
-    # Version 1 payloads were coded with tables this code does not reproduce.
-    (_craft(version=1), "format version 1 by an older m2t_jax"),
+    # Version 1 payloads were coded with tables this code does not reproduce;
+    # version 2 has no latent checksum.
+    (_craft_v2(version=1), "format version 1 by an older m2t_jax"),
+    (_craft_v2(version=2), "format version 2 by an older m2t_jax.*checksum"),
     (_craft(version=0), "unsupported format version"),
     (_craft()[:-1] + b"\x00", "corrupted"),
-    (_craft(kind=2), "model kind"),
+    (_craft(kind=200), "model kind"),
+    (_craft(backend=4), "backend"),
     (_craft(order=4), "schedule order"),
     (_craft(steps=0), "num_steps"),
     (_craft(height=0), "height"),
@@ -82,6 +97,34 @@ def test_not_bytes():
 def test_each_check(data, match):
   with pytest.raises(bs.BitstreamError, match=match):
     bs.unpack(data)
+
+
+def test_version_byte_is_believed_only_after_the_crc():
+  # A flipped version bit is corruption, not "a newer version: upgrade".
+  data = bytearray(bs.pack(_HEADER, _PAYLOAD))
+  for bit in range(8):
+    flipped = bytearray(data)
+    flipped[4] ^= 1 << bit
+    with pytest.raises(bs.BitstreamError, match="corrupted stream: CRC32"):
+      bs.unpack(bytes(flipped))
+
+
+def test_writer_fields_default_to_this_process():
+  import jax  # noqa: PLC0415
+  header = bs.Header("m2t", "qlds", 4, 2.2, 10, 10, bytes(16), 7)
+  assert header.backend == jax.default_backend()
+  assert header.jax == tuple(int(x) for x in jax.__version__.split(".")[:3])
+  got, _ = bs.unpack(bs.pack(header, b""))
+  assert (got.backend, got.jax, got.latent_crc) == (header.backend, header.jax, 7)
+  assert bs.jax_version("0.4.36.dev20241001") == (0, 4, 36)
+  assert bs.jax_version("1.300.2rc1") == (1, 255, 2)
+
+
+def test_latent_crc_is_crc32_of_int32_little_endian():
+  y = np.array([[[1, -2], [3, 2**31 - 1]]], np.int64)
+  expected = zlib.crc32(struct.pack("<4i", 1, -2, 3, 2**31 - 1))
+  assert bs.latent_crc(y) == expected == bs.latent_crc(y[None])
+  assert bs.latent_crc(np.asfortranarray(y)) == expected  # canonical order
 
 
 def test_every_truncation():
@@ -122,6 +165,11 @@ def test_every_single_bit_flip():
     ({"alpha": "2"}, "alpha"),
     ({"fingerprint": b"short"}, "fingerprint"),
     ({"fingerprint": "0123456789abcdef"}, "fingerprint"),
+    ({"latent_crc": -1}, "latent_crc"),
+    ({"latent_crc": 2**32}, "latent_crc"),
+    ({"backend": "cuda"}, "backend"),
+    ({"jax": (0, 4, 256)}, "jax"),
+    ({"jax": (0, 4)}, "jax"),
 ])
 def test_pack_validates(changes, match):
   with pytest.raises(ValueError, match=match):
@@ -137,8 +185,9 @@ def test_pack_types():
 
 def test_describe():
   text = bs.describe(_HEADER)
-  for part in ["m2t", "qlds", "12 steps", "768 x 512", bytes(range(16)).hex()]:
+  for part in ["m2t", "qlds", "12 steps", "768 x 512", bytes(range(16)).hex(),
+               "gpu, JAX 0.4.38", "deadbeef"]:
     assert part in text
   text = bs.describe(_HEADER, payload_bytes=1000)
-  assert "1044 bytes" in text
-  assert f"{8 * 1044 / (512 * 768):.4f} bpp" in text
+  assert "1052 bytes" in text
+  assert f"{8 * 1052 / (512 * 768):.4f} bpp" in text

@@ -1,9 +1,5 @@
 """Codec: exact round trips through real range-coded bytes, on any image size."""
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import ml_collections
 import numpy as np
@@ -101,25 +97,6 @@ def test_saturated_and_noise_images(codecs, kind):
     _assert_exact_round_trip(codec, image, full=True)
 
 
-def test_decoding_in_a_fresh_process(codecs, tmp_path):
-  codec = codecs("m2t", "tiny")
-  image = _photo_crop("coffee", 70, 90)
-  (tmp_path / "a.m2t").write_bytes(codec.compress(image))
-  script = textwrap.dedent(f"""
-      import numpy as np
-      from m2t_jax import Codec, get_config
-      codec = Codec.from_config(get_config("m2t", "tiny"), seed=0)
-      data = open({str(tmp_path / "a.m2t")!r}, "rb").read()
-      np.save({str(tmp_path / "b.npy")!r}, codec.decompress(data))
-  """)
-  subprocess.run([sys.executable, "-c", script], check=True,
-                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), codec.decompress(
-      (tmp_path / "a.m2t").read_bytes()))
-  np.testing.assert_array_equal(np.load(tmp_path / "b.npy"),
-                                codec.estimate(image)["reconstruction"])
-
-
 @pytest.mark.parametrize("kind", ["m2t", "mt"])
 def test_real_size_matches_estimate(codecs, kind):
   # One table width: the bytes are the model's bits for any model, even a random
@@ -206,61 +183,12 @@ def test_entropy_order_ranks_by_full_width_tables(codecs):
   np.testing.assert_array_equal(cells, ranked["full"])
 
 
-def _mutations(data, rng, count):
-  """Random single-byte flips, insertions, deletions and truncations of ``data``."""
-  for k in range(count):
-    kind = k % 4
-    pos = int(rng.integers(0, len(data)))
-    if kind == 0:
-      out = bytearray(data)
-      out[pos] ^= int(rng.integers(1, 256))
-    elif kind == 1:
-      out = bytearray(data[:pos]) + bytes([int(rng.integers(0, 256))]) + data[pos:]
-    elif kind == 2:
-      out = bytearray(data[:pos] + data[pos + 1:])
-    else:
-      out = bytearray(data[:pos])
-    yield bytes(out)
-
-
-@pytest.mark.parametrize("kind", ["m2t", "mt"])
-def test_fuzz_mutated_streams_raise_bitstream_error(codecs, kind):
-  codec = codecs(kind, "tiny")
-  data = codec.compress(_photo_crop("chelsea", 30, 50))
-  rng = np.random.default_rng(2)
-  count = 0
-  for mutated in _mutations(data, rng, 1000):
-    with pytest.raises(BitstreamError):
-      codec.decompress(mutated)
-    count += 1
-  assert count == 1000
-
-
-def test_fuzz_payloads_with_valid_crc(codecs):
-  # Past the CRC: random payloads in a valid container either raise
-  # BitstreamError or decode (there is no way to tell garbage from data then),
-  # but never raise anything else or hang.
-  codec = codecs("m2t", "tiny")
-  header = codec.read_header(codec.compress(_photo_crop("chelsea", 30, 50)))
-  rng = np.random.default_rng(3)
-  outcomes = {"error": 0, "decoded": 0}
-  for _ in range(200):
-    payload = rng.integers(0, 256, 4 * int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
-    try:
-      image = codec.decompress(bitstream.pack(header, payload))
-      assert image.shape == (30, 50, 3)
-      outcomes["decoded"] += 1
-    except BitstreamError:
-      outcomes["error"] += 1
-  assert outcomes["error"] > 0
-
-
 def test_foreign_model_and_other_kind_are_refused(codecs):
   image = _photo_crop("coffee", 20, 20)
   data = codecs("m2t", "tiny", seed=0).compress(image)
   with pytest.raises(BitstreamError, match="another model"):
     codecs("m2t", "tiny", seed=1).decompress(data)
-  with pytest.raises(BitstreamError, match=r"another model \(m2t"):
+  with pytest.raises(BitstreamError, match=r"model kind is 'm2t'"):
     codecs("mt", "tiny").decompress(data)
   for junk in (b"", b"\x89PNG\r\n\x1a\n" + bytes(100), "text"):
     with pytest.raises(BitstreamError):

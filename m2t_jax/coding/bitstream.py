@@ -1,4 +1,4 @@
-"""Container format for one compressed image (format version 2).
+"""Container format for one compressed image or latent (format version 3).
 
 Every multi-byte field is little-endian. Offsets are in bytes; L is the payload
 length.
@@ -6,56 +6,80 @@ length.
 | offset | size | type    | field                                               |
 |-------:|-----:|---------|-----------------------------------------------------|
 |      0 |    4 | bytes   | magic ``b"M2TJ"``                                   |
-|      4 |    1 | u8      | format version (2)                                  |
+|      4 |    1 | u8      | format version (3)                                  |
 |      5 |    1 | u8      | model kind: its registry code (0 = mt, 1 = m2t)     |
 |      6 |    1 | u8      | schedule order: 0 = qlds, 1 = random, 2 = raster,   |
 |        |      |         | 3 = entropy                                         |
 |      7 |    1 | u8      | number of decode steps, 1..255                      |
 |      8 |    4 | f32     | schedule alpha (finite, > 0)                        |
-|     12 |    4 | u32     | image height in pixels, 1..65536                    |
-|     16 |    4 | u32     | image width in pixels, 1..65536                     |
+|     12 |    4 | u32     | height, 1..65536 (image pixels; latent cells for an |
+|     16 |    4 | u32     | width     EntropyCoder stream)                      |
 |     20 |   16 | bytes   | model fingerprint (opaque digest from the caller)   |
-|     36 |    4 | u32     | payload length L                                    |
-|     40 |    L | bytes   | payload (range coder words)                         |
-|   40+L |    4 | u32     | CRC32 (zlib) of bytes [0, 40+L)                     |
+|     36 |    4 | u32     | CRC32 (zlib) of the decoded latent: int32 little-   |
+|        |      |         | endian values in (h, w, C) row-major order          |
+|     40 |    1 | u8      | backend that wrote it: 0 other, 1 cpu, 2 gpu, 3 tpu |
+|     41 |    3 | 3 x u8  | JAX version that wrote it (major, minor, micro)     |
+|     44 |    4 | u32     | payload length L                                    |
+|     48 |    L | bytes   | payload (range coder words)                         |
+|   48+L |    4 | u32     | CRC32 (zlib) of bytes [0, 48+L)                     |
 
-The fixed overhead is ``HEADER_BYTES`` = 44 bytes (the 40-byte header plus the
+The fixed overhead is ``HEADER_BYTES`` = 52 bytes (the 48-byte header plus the
 CRC). The image size is the original, uncropped one, so the decoder can pad and
 crop exactly as the encoder did. The fingerprint lets the decoder refuse a stream
 written by a different model instead of decoding garbage.
 
+Two checksums, for two different failures. The trailing CRC covers the bytes: a
+flipped bit, a truncation. The latent CRC covers the *decoding*: a range-coded
+payload decodes right only with tables bit-identical to the encoder's, and tables
+computed on another backend or XLA version can differ by one float ULP and then
+decode another latent without any error from the range coder. The decoder
+compares the CRC of what it decoded with this field and raises
+``DecodeMismatchError`` (naming the writer's and its own backend and JAX
+version, recorded at bytes 40..43) instead of returning a wrong image.
+
 ``unpack`` checks, in this order, and raises ``BitstreamError`` with a specific
 message at the first failure: length at least ``HEADER_BYTES`` (truncated), magic
-(not an m2t_jax stream), version (written by a newer version), CRC (corrupted),
-field values, and payload length against the total size (truncated or trailing
-bytes). A single flipped bit anywhere is always detected: in the magic or version
-by those checks, elsewhere by the CRC.
+(not an m2t_jax stream), CRC (corrupted), version (newer, or an older format this
+version does not read), field values, and payload length against the total size
+(truncated or trailing bytes). Every version ends with the CRC of all bytes before
+it, so the CRC is checked before the version is believed: a flipped version bit
+reads as corruption, not as "upgrade m2t_jax". A single flipped bit anywhere is
+always detected, in the magic by that check, elsewhere by the CRC. The decoder
+then checks every field against its model (``EntropyCoder.unpack``).
 
-The version covers the payload as well: a range-coded payload decodes only with
-tables bit-identical to the encoder's, so a change in how the tables are computed
-is a new version. Version 1 (the same layout) was written before
-``gmm.coding_tables`` became elementwise; its wide tables can differ from today's
-by one float32 ULP in ~20% of entries, which could decode wrongly, so version 1
-streams are refused with a message saying so rather than decoded.
+Older formats are refused with a message rather than decoded: version 1 (before
+``gmm.coding_tables`` became elementwise; its tables can differ from today's by
+one ULP) and version 2 (no latent checksum, so a wrong decode would go unnoticed,
+and a fingerprint over training fields too).
 """
 
 import dataclasses
 import math
 import numbers
+import re
 import struct
 import zlib
+
+import jax
+import numpy as np
 
 from m2t_jax.entropy import registry
 
 MAGIC = b"M2TJ"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ORDERS = ("qlds", "random", "raster", "entropy")  # Index = stored byte.
+BACKENDS = ("other", "cpu", "gpu", "tpu")  # Index = stored byte.
 MAX_IMAGE_SIDE = 2**16
 FINGERPRINT_BYTES = 16
+# Default limit on the pixels a decoder accepts from a header before allocating
+# anything: Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 1 GiB of
+# 24-bit pixels / 4 / 3 = 89,478,485, e.g. 11000 x 8000). ``Codec.max_pixels`` /
+# ``m2t decompress --max-pixels`` raise it for streams one trusts.
+DEFAULT_MAX_PIXELS = 89_478_485
 
-_HEADER = struct.Struct("<4sBBBBfII16sI")
+_HEADER = struct.Struct("<4sBBBBfII16sIB3BI")
 _CRC = struct.Struct("<I")
-HEADER_BYTES = _HEADER.size + _CRC.size  # 44: bytes of a stream besides the payload.
+HEADER_BYTES = _HEADER.size + _CRC.size  # 52: bytes of a stream besides the payload.
 _MAX_PAYLOAD = 2**32 - 1
 
 
@@ -63,8 +87,62 @@ class BitstreamError(ValueError):
   """Raised for every malformed, truncated, corrupted or foreign stream.
 
   The message says which check failed (truncated, not an m2t_jax stream, newer
-  format version, CRC mismatch, invalid header field, payload size mismatch).
+  format version, CRC mismatch, invalid header field, payload size mismatch, a
+  field that disagrees with the decoding model, a payload that does not decode).
   """
+
+
+class DecodeMismatchError(BitstreamError):
+  """The payload did not decode to the latent the encoder wrote (its CRC differs,
+  or the range decoder failed on a stream whose bytes are intact).
+
+  The usual cause is a decoder whose coding tables differ from the encoder's by a
+  float ULP: another backend (CPU vs GPU) or another JAX/XLA version. The message
+  names the writer's and the reader's backend and JAX version.
+  """
+
+
+class StreamTooLargeError(BitstreamError):
+  """The header claims an image (or latent) larger than the decoder's limit
+  (``Codec.max_pixels``, ``EntropyCoder.max_cells``); nothing was allocated."""
+
+
+def check_size(count: int, limit: int, unit: str, what: str, knob: str) -> None:
+  """StreamTooLargeError unless ``count`` (the header's claim) <= ``limit``."""
+  if count > limit:
+    raise StreamTooLargeError(
+        f"The stream claims a {what} ({count} {unit}), more than this decoder's "
+        f"limit of {limit}; refused before allocating anything. If you trust the "
+        f"stream, raise {knob}.")
+
+
+def latent_crc(y_hat) -> int:
+  """CRC32 of an integer latent in the container's canonical form: int32
+  little-endian values in row-major order of (h, w, C) (a leading batch axis of
+  1 is the same bytes)."""
+  return zlib.crc32(np.ascontiguousarray(np.asarray(y_hat), dtype="<i4").tobytes())
+
+
+def this_writer() -> tuple[str, tuple[int, int, int]]:
+  """(backend, JAX version) of this process, as a stream records them."""
+  backend = jax.default_backend()
+  return (backend if backend in BACKENDS else "other"), jax_version(jax.__version__)
+
+
+def jax_version(text: str) -> tuple[int, int, int]:
+  """'0.10.2' or '0.4.36.dev20241001' -> (0, 10, 2) / (0, 4, 36): the leading
+  digits of the first three parts, each clipped to 0..255 (a u8)."""
+  parts = [re.match(r"\d*", part).group() or "0" for part in text.split(".")[:3]]
+  parts = [min(int(p[:4]), 255) for p in parts]
+  return tuple(parts + [0] * (3 - len(parts)))
+
+
+def _default_backend() -> str:
+  return this_writer()[0]
+
+
+def _default_jax() -> tuple[int, int, int]:
+  return this_writer()[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +155,14 @@ class Header:
     num_steps: number of decode steps, 1..255.
     alpha: schedule parameter; stored as float32, so ``unpack`` returns the
       float32-rounded value.
-    height: image height in pixels, 1..65536.
-    width: image width in pixels, 1..65536.
-    fingerprint: 16 bytes identifying the model weights and config.
+    height: image height in pixels (latent cells for a latent stream), 1..65536.
+    width: image width, likewise.
+    fingerprint: 16 bytes identifying the model (``coding/fingerprint.py``).
+    latent_crc: ``latent_crc`` of the latent the payload holds, 0..2**32-1.
+    backend: the backend of the writer, one of ``BACKENDS`` (default: this
+      process's).
+    jax: the JAX version of the writer, (major, minor, micro) each 0..255
+      (default: this process's).
   """
   model_kind: str
   order: str
@@ -88,6 +171,20 @@ class Header:
   height: int
   width: int
   fingerprint: bytes
+  latent_crc: int
+  backend: str = dataclasses.field(default_factory=_default_backend)
+  jax: tuple = dataclasses.field(default_factory=_default_jax)
+
+  @property
+  def writer(self) -> str:
+    """'cpu, JAX 0.10.2': who wrote the stream, for messages."""
+    return describe_writer(self.backend, self.jax)
+
+
+def describe_writer(backend: str, version: tuple) -> str:
+  """('cpu', (0, 10, 2)) -> 'cpu, JAX 0.10.2'; ``describe_writer(*this_writer())``
+  names this process."""
+  return f"{backend}, JAX {'.'.join(map(str, version))}"
 
 
 def _is_int(x) -> bool:
@@ -121,6 +218,13 @@ def _header_problem(header: Header) -> str | None:
       or len(header.fingerprint) != FINGERPRINT_BYTES):
     return (f"fingerprint must be exactly {FINGERPRINT_BYTES} bytes, got "
             f"{header.fingerprint!r}")
+  if not _is_int(header.latent_crc) or not 0 <= header.latent_crc < 2**32:
+    return f"latent_crc must be an integer in [0, 2**32), got {header.latent_crc!r}"
+  if header.backend not in BACKENDS:
+    return f"unknown backend {header.backend!r}; expected one of {BACKENDS}"
+  if (not isinstance(header.jax, tuple) or len(header.jax) != 3
+      or not all(_is_int(x) and 0 <= x <= 255 for x in header.jax)):
+    return f"jax must be 3 integers in [0, 255], got {header.jax!r}"
   return None
 
 
@@ -151,7 +255,8 @@ def pack(header: Header, payload: bytes) -> bytes:
   body = _HEADER.pack(
       MAGIC, FORMAT_VERSION, registry.get(header.model_kind).code,
       ORDERS.index(header.order), header.num_steps, float(header.alpha),
-      header.height, header.width, header.fingerprint, len(payload)) + payload
+      header.height, header.width, header.fingerprint, header.latent_crc,
+      BACKENDS.index(header.backend), *header.jax, len(payload)) + payload
   return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -166,51 +271,75 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
 
   Raises:
     TypeError: ``data`` is not bytes-like.
-    BitstreamError: the stream is truncated, foreign, from a newer format
-      version, corrupted, or has invalid fields or trailing bytes.
+    BitstreamError: the stream is truncated, foreign, corrupted, from a newer or
+      an unreadable older format version, or has invalid fields or trailing
+      bytes.
   """
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise TypeError(f"stream must be bytes, got {type(data).__name__}")
   data = bytes(data)
-  if len(data) < HEADER_BYTES:
+  if len(data) < 4 or data[:4] != MAGIC:
+    if len(data) < 4 and MAGIC.startswith(data):
+      raise BitstreamError(
+          f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
+          f"least {HEADER_BYTES}; the file was cut short or is empty")
+    raise BitstreamError(
+        f"not an m2t_jax stream: starts with {data[:4]!r}, expected {MAGIC!r}")
+  if len(data) < HEADER_BYTES - 8:  # The shortest header of any version (v1, v2).
     raise BitstreamError(
         f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
         f"least {HEADER_BYTES}; the file was cut short or is empty")
-  if data[:4] != MAGIC:
-    raise BitstreamError(
-        f"not an m2t_jax stream: starts with {data[:4]!r}, expected {MAGIC!r}")
-  (_, version, kind, order, num_steps, alpha, height, width, fingerprint,
-   payload_len) = _HEADER.unpack_from(data)
+  # Every version ends with the CRC of all bytes before it: check it before
+  # believing any field, the version included.
+  body, (crc,) = data[:-_CRC.size], _CRC.unpack_from(data, len(data) - _CRC.size)
+  if zlib.crc32(body) != crc:
+    if len(data) < HEADER_BYTES:
+      raise BitstreamError(
+          f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
+          f"least {HEADER_BYTES}; the file was cut short (or is corrupted)")
+    hint = ""
+    if len(data) >= HEADER_BYTES and data[4] == FORMAT_VERSION:
+      # Fields are untrusted here; the length is only a hint for the message.
+      expected = HEADER_BYTES + _HEADER.unpack_from(data)[-1]
+      if expected != len(data):
+        hint = (f"; the header declares {expected} bytes in all but the stream has "
+                f"{len(data)}, so it may be truncated or have extra bytes appended")
+    raise BitstreamError(f"corrupted stream: CRC32 mismatch{hint}")
+  version = data[4]
   if version > FORMAT_VERSION:
     raise BitstreamError(
         f"stream written by a newer version of m2t_jax (format version {version}, "
         f"this one reads {FORMAT_VERSION}); upgrade m2t_jax to decode it")
-  if version == 1:
+  if version in (1, 2):
+    why = ("whose coding tables this version does not reproduce bit for bit"
+           if version == 1 else "without the decoded-latent checksum this version "
+           "requires (a wrong decode would go unnoticed)")
+    last = "before 2026-11-21" if version == 1 else "at git commit 5abe423"
     raise BitstreamError(
-        "stream written in format version 1 by an older m2t_jax, whose coding "
-        "tables this version does not reproduce bit for bit; decode it with "
-        "m2t_jax before 2026-11-21 (git history) or compress the image again")
+        f"stream written in format version {version} by an older m2t_jax, {why}; "
+        f"decode it with m2t_jax {last} (git history), or compress the image again")
   if version != FORMAT_VERSION:
     raise BitstreamError(
         f"unsupported format version {version} (this m2t_jax reads "
         f"{FORMAT_VERSION}); the stream is corrupted")
-  body, (crc,) = data[:-_CRC.size], _CRC.unpack_from(data, len(data) - _CRC.size)
-  if zlib.crc32(body) != crc:
-    # Fields are untrusted here; the length is only a hint for the message.
-    expected = HEADER_BYTES + payload_len
-    hint = ("" if expected == len(data) else
-            f"; the header declares {expected} bytes in all but the stream has "
-            f"{len(data)}, so it may be truncated or have extra bytes appended")
-    raise BitstreamError(f"corrupted stream: CRC32 mismatch{hint}")
+  if len(data) < HEADER_BYTES:
+    raise BitstreamError(
+        f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
+        f"least {HEADER_BYTES}; the file was cut short or is empty")
+  (_, _, kind, order, num_steps, alpha, height, width, fingerprint, crc_latent,
+   backend, jax_major, jax_minor, jax_micro, payload_len) = _HEADER.unpack_from(data)
   kind_entry = registry.by_code(kind)
   if kind_entry is None:
     raise BitstreamError(f"invalid header: unknown model kind byte {kind} (this "
                          f"m2t_jax knows {registry.names()})")
   if order >= len(ORDERS):
     raise BitstreamError(f"invalid header: unknown schedule order byte {order}")
+  if backend >= len(BACKENDS):
+    raise BitstreamError(f"invalid header: unknown backend byte {backend}")
   header = Header(model_kind=kind_entry.name, order=ORDERS[order],
                   num_steps=num_steps, alpha=alpha, height=height, width=width,
-                  fingerprint=fingerprint)
+                  fingerprint=fingerprint, latent_crc=crc_latent,
+                  backend=BACKENDS[backend], jax=(jax_major, jax_minor, jax_micro))
   problem = _header_problem(header)
   if problem:
     raise BitstreamError(f"invalid header: {problem}")
@@ -237,6 +366,8 @@ def describe(header: Header, payload_bytes: int | None = None) -> str:
       f"  image:       {header.width} x {header.height} pixels (width x height)",
       f"  schedule:    {header.order}, {header.num_steps} steps, "
       f"alpha {header.alpha:g}",
+      f"  written on:  {header.writer}",
+      f"  latent CRC:  {header.latent_crc:08x}",
   ]
   if payload_bytes is not None:
     total = HEADER_BYTES + payload_bytes

@@ -22,11 +22,18 @@ Four small functions drive the one loop of coding steps: ``encode_tokens``,
 What to expect across machines: encoder and decoder must compute bit-identical
 tables. That holds for the same model on the same backend and jax/XLA version
 (tested across processes). Encoding on CPU and decoding on GPU, or across XLA
-versions, can differ in the last bit of a float and then decode a wrong latent.
+versions, can differ in the last bit of a float and then decode a wrong latent:
+the stream carries a CRC of the latent, so that case raises
+``DecodeMismatchError`` (naming both sides' backend and JAX version) instead of
+returning it.
+
+Hostile streams: ``unpack`` checks the container, then every header field
+against this model (kind, order, steps, alpha, fingerprint: each refusal names
+the field), then the claimed size against ``max_cells`` before anything is
+allocated. During decoding, a payload that runs out while a step still has more
+than ``_EXHAUSTED_SLACK_BITS`` bits of information to decode stops at that step.
 """
 
-import hashlib
-import json
 import time
 
 import jax
@@ -36,7 +43,8 @@ import numpy as np
 
 from m2t_jax import saved_model
 from m2t_jax.coding import bitstream, range_coder, tables
-from m2t_jax.coding.bitstream import BitstreamError
+from m2t_jax.coding.bitstream import BitstreamError, DecodeMismatchError, check_size
+from m2t_jax.coding.fingerprint import fingerprint
 from m2t_jax.coding.steps import CodingLoop, element_bits
 from m2t_jax.entropy import gmm, patches, registry
 
@@ -49,27 +57,25 @@ class LatentError(ValueError):
   outside int32."""
 
 
-def fingerprint(config, params, salt: bytes = b"") -> bytes:
-  """16-byte digest of ``salt``, the config and every parameter's bytes."""
-  digest = hashlib.sha256(salt)
-  digest.update(json.dumps(ml_collections.ConfigDict(config).to_dict(),
-                           sort_keys=True).encode())
-  leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  for path, leaf in leaves:
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  return digest.digest()[:bitstream.FINGERPRINT_BYTES]
+# A range decoder whose data has run out still holds at most 64 bits of state;
+# decoding more information than that from it means the payload is too short for
+# the header (a forged size) or the tables differ. The slack covers the fixed-
+# point quantisation of the tables (the bound below is computed from floats).
+_EXHAUSTED_SLACK_BITS = 96.0
 
 
-def check_latent(y_hat, channels: int) -> np.ndarray:
-  """(h, w, C) integer-valued array -> int64; LatentError otherwise."""
+def check_latent(y_hat, channels: int, batched: bool = False) -> np.ndarray:
+  """An integer-valued latent (h, w, C), or (N, h, w, C) when ``batched``, as
+  int64; LatentError for any other shape, a non-numeric or bool dtype, NaN/inf,
+  non-integer values or values outside int32 (what the range coder codes)."""
   y = np.asarray(y_hat)
-  if y.ndim != 3 or y.shape[2] != channels or y.shape[0] < 1 or y.shape[1] < 1:
-    raise LatentError(f"Expected a latent of shape (h, w, {channels}) with h, w >= 1, "
-                      f"got {y.shape}.")
-  if max(y.shape[:2]) > bitstream.MAX_IMAGE_SIDE:
+  shape = "(N, h, w, {c})" if batched else "(h, w, {c})"
+  if (y.ndim != 3 + batched or y.shape[-1] != channels or min(y.shape[:-1], default=0) < 1):
+    raise LatentError(f"Expected a latent of shape {shape.format(c=channels)} with "
+                      f"every side >= 1, got {y.shape}.")
+  if max(y.shape[-3:-1]) > bitstream.MAX_IMAGE_SIDE:
     raise LatentError(f"Latent sides must be at most {bitstream.MAX_IMAGE_SIDE}, got "
-                      f"{y.shape[0]}x{y.shape[1]}.")
+                      f"{y.shape[-3]}x{y.shape[-2]}.")
   if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer)
                              or np.issubdtype(y.dtype, np.floating)):
     raise LatentError(f"Expected integer latent values, got dtype {y.dtype}.")
@@ -78,18 +84,33 @@ def check_latent(y_hat, channels: int) -> np.ndarray:
       raise LatentError("The latent has non-finite values (NaN or inf).")
     if not np.all(y == np.round(y)):
       raise LatentError("The latent has non-integer values; round it first.")
-  if y.size and (y.min() < LATENT_MIN or y.max() > LATENT_MAX):
+  if y.min() < LATENT_MIN or y.max() > LATENT_MAX:
     raise LatentError(f"Latent values must lie in [{LATENT_MIN}, {LATENT_MAX}] (int32), "
                       f"got [{y.min()}, {y.max()}].")
   return y.astype(np.int64)
 
 
+def _min_bits(pmf: np.ndarray) -> float:
+  """A lower bound on the bits any symbols cost under these (N, n) tables: per
+  row -log2 of the largest probability, raised by the most the coder's 24-bit
+  quantisation can add to it."""
+  if pmf is None or not pmf.size:
+    return 0.0
+  pmf = np.asarray(pmf, np.float64)
+  top = pmf.max(axis=1) / pmf.sum(axis=1)
+  top = np.minimum(1.0, top * (1 + 1e-3) + pmf.shape[1] * 2.0**-23)
+  return float(-np.log2(top).sum())
+
+
 class EntropyCoder:
   """An entropy model and its parameters: latents <-> bytes."""
 
-  def __init__(self, config, params):
+  def __init__(self, config, params, max_cells: int | None = None):
     """config: a full config (any registered kind); params: the entropy model's
-    parameters (``params['entropy_model']`` of a full model)."""
+    parameters (``params['entropy_model']`` of a full model); max_cells: the
+    largest latent (h * w cells) ``decompress`` accepts from a header, default
+    ``bitstream.DEFAULT_MAX_PIXELS`` / 256 (a 16x downscaling autoencoder's
+    latent of Pillow's limit); settable later as ``coder.max_cells``."""
     from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports ELIC
     model_lib.validate_config(config)
     self.config = ml_collections.FrozenConfigDict(config)
@@ -98,6 +119,8 @@ class EntropyCoder:
     # Salted, so that a latent stream never passes for an image stream of a
     # Codec with the same entropy model (which fingerprints the whole model).
     self.fingerprint = fingerprint(self.config, params, b"entropy-coder")
+    self.max_cells = (bitstream.DEFAULT_MAX_PIXELS // 256 if max_cells is None
+                      else int(max_cells))
 
   @classmethod
   def from_config(cls, config, seed: int = 0) -> "EntropyCoder":
@@ -124,35 +147,62 @@ class EntropyCoder:
 
   # --- latents <-> bytes --------------------------------------------------------
   def compress(self, y_hat) -> bytes:
-    """Integer latent (h, w, C) -> bytes (header + range-coded values + CRC)."""
+    """Integer latent (h, w, C) -> bytes (header + range-coded values + CRC).
+    LatentError (before anything is written) for a latent the coder cannot take."""
     y = check_latent(y_hat, self.latent_channels)
     payload = self.encode_tokens(y[None])
-    return bitstream.pack(self.header(y.shape[0], y.shape[1]), payload)
+    return bitstream.pack(self.header(y.shape[0], y.shape[1], bitstream.latent_crc(y)),
+                          payload)
 
   def decompress(self, data: bytes) -> np.ndarray:
-    """bytes -> int64 (h, w, C). Raises BitstreamError for any bad stream."""
+    """bytes -> int64 (h, w, C). Raises BitstreamError for any bad stream
+    (``StreamTooLargeError`` past ``max_cells``, ``DecodeMismatchError`` when
+    the payload does not decode to what was written)."""
     header, payload = self.unpack(data)
-    return self.decode_tokens(payload, header.height, header.width)[0]
+    check_size(header.height * header.width, self.max_cells, "latent cells",
+               f"{header.height} x {header.width} latent", "coder.max_cells")
+    return self.decode_tokens(payload, header.height, header.width, header=header)[0]
 
-  def header(self, height: int, width: int, fingerprint_bytes: bytes | None = None):
+  def header(self, height: int, width: int, crc: int,
+             fingerprint_bytes: bytes | None = None) -> bitstream.Header:
+    """The header of a stream of this model: schedule fields from the config,
+    ``crc`` = ``bitstream.latent_crc`` of the coded latent, this process's
+    backend and JAX version."""
     s = self.config.schedule
     return bitstream.Header(self.config.model, s.order, len(self.model.coding_plan()),
                             float(s.alpha), height, width,
-                            fingerprint_bytes or self.fingerprint)
+                            fingerprint_bytes or self.fingerprint, crc)
 
   def unpack(self, data, fingerprint_bytes: bytes | None = None, hint: str = ""):
-    """(header, payload) of a stream this model wrote; BitstreamError otherwise."""
+    """(header, payload) of a stream this model wrote; BitstreamError otherwise.
+
+    Checks the container (``bitstream.unpack``), then each header field against
+    this model, naming the first that differs: a stream whose fields were edited
+    (with its CRC recomputed) is refused rather than decoded with this model's
+    own schedule.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
       raise BitstreamError(f"Expected bytes, got {type(data).__name__}.")
     header, payload = bitstream.unpack(bytes(data))
-    expected = fingerprint_bytes or self.fingerprint
-    if header.fingerprint != expected:
+    expected = self.header(header.height, header.width, 0, fingerprint_bytes)
+    for field, what in (("model_kind", "model kind"), ("order", "schedule order"),
+                        ("num_steps", "number of steps"), ("alpha", "schedule alpha")):
+      got, want = getattr(header, field), getattr(expected, field)
+      if field == "alpha":
+        want = float(np.float32(want))  # The header holds float32.
+      if got != want:
+        raise BitstreamError(
+            f"The stream's {what} is {got!r} but this model ({self.config.model}:"
+            f"{self.config.size}) decodes with {want!r}: it was written by another "
+            f"model or its header was altered. Decode it with the model that wrote "
+            f"it.{hint}")
+    if header.fingerprint != expected.fingerprint:
       raise BitstreamError(
           f"This stream was written by another model ({header.model_kind}, order "
           f"{header.order}, {header.num_steps} steps, fingerprint "
           f"{header.fingerprint.hex()[:12]}); this one is {self.config.model}:"
-          f"{self.config.size} ({expected.hex()[:12]}). Decode it with the model "
-          f"that wrote it.{hint}")
+          f"{self.config.size} ({expected.fingerprint.hex()[:12]}). Decode it with "
+          f"the model that wrote it.{hint}")
     return header, payload
 
   # --- the loop, four ways ------------------------------------------------------
@@ -164,33 +214,42 @@ class EntropyCoder:
     return CodingLoop(self.model, self.params, self.config, valid)
 
   def _tables(self, step):
-    """(narrow mask, wide mask, wide tables or None) of a step's todo elements."""
+    """(narrow mask, wide mask, narrow tables, wide tables or None) of a step's
+    todo elements. Encoder and decoder both get their tables here (tests perturb
+    it to play a decoder whose tables differ)."""
     wide = tables.wide_elements(step.pmf, step.todo, self.config)
     wide_pmf = (tables.wide_tables(step.mixture, np.flatnonzero(wide), self.config)
                 if wide.any() else None)
-    return step.todo & ~wide, wide, wide_pmf
+    narrow = step.todo & ~wide
+    return narrow, wide, step.pmf[narrow], wide_pmf
 
   def encode_tokens(self, y_hat: np.ndarray) -> bytes:
-    """Range-coded payload of an int latent (1, h, w, C)."""
-    tokens, valid = self._tokens(y_hat)
+    """Range-coded payload of an int latent (1, h, w, C); LatentError first if
+    the coder cannot take it."""
+    tokens, valid = self._tokens(check_latent(y_hat, self.latent_channels, batched=True))
     encoder = range_coder.new_encoder()
     for step in self._loop(valid):
       group = step.take(tokens)
-      narrow, wide, wide_pmf = self._tables(step)
-      range_coder.encode_group(encoder, group[narrow], step.centers[narrow], step.pmf[narrow])
+      narrow, wide, narrow_pmf, wide_pmf = self._tables(step)
+      range_coder.encode_group(encoder, group[narrow], step.centers[narrow], narrow_pmf)
       if wide_pmf is not None:
         range_coder.encode_group(encoder, group[wide], step.centers[wide], wide_pmf)
       step.feed(group)
     return range_coder.finish(encoder)
 
   def decode_tokens(self, payload: bytes, h: int, w: int, num_steps: int | None = None,
-                    timings: dict | None = None) -> np.ndarray:
+                    timings: dict | None = None,
+                    header: bitstream.Header | None = None) -> np.ndarray:
     """The latent (1, h, w, C) of a payload: int64, or float64 when ``num_steps``
     = k < S (progressive decoding: groups from step k on hold their predicted
     mixture means; the model's steps run on, fed with those means).
 
     timings: optional dict that receives "steps_s" (jitted steps, tables
-    included) and "range_coding_s" (seconds).
+      included) and "range_coding_s" (seconds).
+    header: the stream's header, when the payload came from one (an intact
+      container): a full decode is then checked against its latent CRC, and
+      every failure raises ``DecodeMismatchError`` naming writer and reader.
+      Without it, failures raise ``BitstreamError``.
     """
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), self.config.patch_size)
     valid = np.asarray(valid)
@@ -212,28 +271,57 @@ class EntropyCoder:
         if step.index >= coded_steps:
           group[step.todo] = np.asarray(gmm.mixture_mean(step.mixture))[step.todo]
         else:
-          narrow, wide, wide_pmf = self._tables(step)
+          narrow, wide, narrow_pmf, wide_pmf = self._tables(step)
+          if decoder.maybe_exhausted() and (
+              _min_bits(narrow_pmf) + _min_bits(wide_pmf) > _EXHAUSTED_SLACK_BITS):
+            raise range_coder.RangeCoderError(
+                f"the payload ran out at step {step.index + 1} of {total}")
           t1 = time.perf_counter()
           timings["steps_s"] += t1 - t0
           group[narrow] = range_coder.decode_group(decoder, step.centers[narrow],
-                                                   step.pmf[narrow])
+                                                   narrow_pmf)
           if wide_pmf is not None:
             group[wide] = range_coder.decode_group(decoder, step.centers[wide], wide_pmf)
           timings["range_coding_s"] += time.perf_counter() - t1
         step.put(values, group)
         step.feed(group)
         t0 = time.perf_counter()
+      if coded_steps == total and not decoder.maybe_exhausted():
+        # A valid stream ends exactly where its last step does.
+        raise range_coder.RangeCoderError("data left over after the last step")
     except range_coder.RangeCoderError as e:
-      raise BitstreamError(f"Corrupted payload: {e}") from e
-    if coded_steps == total and not decoder.maybe_exhausted():
-      # A valid stream ends exactly where its last step does.
-      raise BitstreamError("Corrupted payload: data left over after the last step.")
-    return np.asarray(patches.from_patches(values, 1, h, w, self.config.patch_size))
+      if header is None:
+        raise BitstreamError(f"Corrupted payload: {e}.") from e
+      raise self._mismatch(header, f"the range decoder failed ({e})") from e
+    latent = np.asarray(patches.from_patches(values, 1, h, w, self.config.patch_size))
+    if header is not None and coded_steps == total:
+      crc = bitstream.latent_crc(latent)
+      if crc != header.latent_crc:
+        raise self._mismatch(header, f"the decoded latent's CRC32 is {crc:08x}, the "
+                             f"stream's {header.latent_crc:08x}")
+    return latent
+
+  @staticmethod
+  def _mismatch(header: bitstream.Header, what: str) -> DecodeMismatchError:
+    reader = bitstream.describe_writer(*bitstream.this_writer())
+    same = reader == header.writer
+    advice = (
+        "Writer and reader match, so the stream was most likely altered after it "
+        "was written (with its CRC recomputed), or the model's tables are not "
+        "deterministic here; compress the image again." if same else
+        f"Coding tables must be bit-identical on both sides, which holds on the "
+        f"same backend and JAX version: decode it on {header.writer}, or compress "
+        f"the image again here.")
+    return DecodeMismatchError(
+        f"The payload did not decode to the latent its encoder wrote: {what}. The "
+        f"stream was written on {header.writer} and is being read on {reader}. "
+        f"{advice}")
 
   def estimate_bits(self, y_hat: np.ndarray) -> float:
     """The model's rate of an int latent (1, h, w, C) in bits, from the continuous
     bin masses (the training formula), not the quantised tables: one pass for a
     ``one_pass_rate`` model, else the decode loop's distributions."""
+    y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     if self.model.one_pass_rate:
       return self.one_pass_bits(y_hat)
     tokens, valid = self._tokens(y_hat)
@@ -247,6 +335,7 @@ class EntropyCoder:
 
   def one_pass_bits(self, y_hat: np.ndarray) -> float:
     """Bits of ``rate(tokens, tokens)`` over the valid cells (eval mode)."""
+    y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), self.config.patch_size)
     if not hasattr(self, "_rate_fn"):
       self._rate_fn = jax.jit(lambda p, t: self.model.apply({"params": p}, t, t,
