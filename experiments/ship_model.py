@@ -4,12 +4,19 @@
       --name m2t-small-l0.0025 --val-dir VAL_DIR --data "photos 001-034" \
       --hours 1.1 --device "2-core CPU" [--default] [--steps-before N]
 
+  python experiments/ship_model.py --remeasure m2t-small-l0.0025 --val-dir VAL_DIR \
+      --device "2-core CPU"
+
 Takes the latest checkpoint of a training workdir (its config.json and orbax
 checkpoint), stores the parameters as float16 (codec.save_params), loads them
 back exactly as ``Codec.load`` does, and measures the validation images with real
 bytes (``rd.evaluate_image``): per-image and mean bpp and PSNR go into the
 manifest, with the same figures for scikit-image's sample photos (for the
 regression test) and the fingerprint of the shipped parameters.
+
+``--remeasure NAME`` measures an already shipped model again (after a change of
+the container or the fingerprint: same weights, new bytes) and replaces only its
+validation, sample and fingerprint fields, noting when and where.
 """
 
 import argparse
@@ -21,6 +28,7 @@ import numpy as np
 
 from m2t_jax import Codec, saved_model
 from m2t_jax import get_config, models, train
+from m2t_jax.coding import bitstream
 from m2t_jax.evaluation import rd
 
 
@@ -36,11 +44,59 @@ def _fill_missing(config, defaults, prefix="") -> list[str]:
   return added
 
 
+def _measure(codec, val_dir):
+  """Real-bytes figures: per validation image, and on scikit-image's sample
+  photos (for the regression test, tests/test_shipped.py, which cannot read
+  VAL_DIR)."""
+  from m2t_jax.app import demo  # noqa: PLC0415
+  per_image = {}
+  for item in rd.folder_images(val_dir):
+    record = rd.evaluate_image(codec, item.load())
+    per_image[item.name] = {k: record[k] for k in ("height", "width", "bpp", "estimated_bpp",
+                                                   "psnr-rgb", "ms-ssim-rgb", "decoding_time")}
+    print(item.name, per_image[item.name], flush=True)
+  samples = {}
+  for name, image in demo.sample_images():
+    record = rd.evaluate_image(codec, image)
+    samples[name] = {k: record[k] for k in ("bpp", "estimated_bpp", "psnr-rgb")}
+    print(name, samples[name], flush=True)
+  return per_image, samples
+
+
+def _validation(per_image):
+  return {"images": sorted(per_image),
+          "bpp": float(np.mean([r["bpp"] for r in per_image.values()])),
+          "psnr": float(np.mean([r["psnr-rgb"] for r in per_image.values()])),
+          "per_image": per_image}
+
+
+def remeasure(name, val_dir, device):
+  """Measures the shipped model ``name`` again; updates its manifest entry."""
+  import datetime  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  manifest = models.manifest()
+  entry = manifest["models"][name]
+  codec = Codec.load(name)
+  per_image, samples = _measure(codec, val_dir)
+  old_bpp = entry["validation"]["bpp"]
+  entry.update(validation=_validation(per_image), samples=samples,
+               fingerprint=codec.fingerprint.hex())
+  entry["remeasured"] = (f"{datetime.date.today()}, {device or 'unnamed device'}, "
+                         f"JAX {jax.__version__}, format version "
+                         f"{bitstream.FORMAT_VERSION}")
+  with open(models.MANIFEST, "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+  print(f"{name}: validation {old_bpp:.5f} -> {entry['validation']['bpp']:.5f} bpp, "
+        f"{entry['validation']['psnr']:.3f} dB, fingerprint {entry['fingerprint']}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--name", required=True)
+  parser.add_argument("--workdir")
+  parser.add_argument("--name")
+  parser.add_argument("--remeasure", metavar="NAME", default=None,
+                      help="re-measure the shipped model NAME (no workdir needed)")
   parser.add_argument("--val-dir", required=True)
   parser.add_argument("--data", default="")
   parser.add_argument("--hours", type=float, default=None)
@@ -50,6 +106,10 @@ def main(argv=None):
                       help="training steps of the model the run was warm-started from "
                            "(config.init_from); the manifest counts them in")
   args = parser.parse_args(argv)
+  if args.remeasure:
+    return remeasure(args.remeasure, args.val_dir, args.device)
+  if not (args.workdir and args.name):
+    parser.error("--workdir and --name are required (or --remeasure NAME)")
 
   with open(os.path.join(args.workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
@@ -64,21 +124,7 @@ def main(argv=None):
   path = os.path.join(models.MODELS_DIR, folder)
   saved_model.save_params(path, config, state["params"], dtype=np.float16)
   codec = Codec.load(path)
-  items = rd.folder_images(args.val_dir)
-  per_image = {}
-  for item in items:
-    record = rd.evaluate_image(codec, item.load())
-    per_image[item.name] = {k: record[k] for k in ("height", "width", "bpp", "estimated_bpp",
-                                                   "psnr-rgb", "ms-ssim-rgb", "decoding_time")}
-    print(item.name, per_image[item.name], flush=True)
-  # Reference figures on photos that ship with scikit-image, for the regression
-  # test of the shipped model (tests/test_shipped.py), which cannot read VAL_DIR.
-  from m2t_jax.app import demo
-  samples = {}
-  for name, image in demo.sample_images():
-    record = rd.evaluate_image(codec, image)
-    samples[name] = {k: record[k] for k in ("bpp", "estimated_bpp", "psnr-rgb")}
-    print(name, samples[name], flush=True)
+  per_image, samples = _measure(codec, args.val_dir)
   if config.get("init_from"):
     print(f"warm-started from {config.init_from}: {args.steps_before} steps counted before "
           f"this run's {int(state['step'])} (--steps-before)")
@@ -87,11 +133,7 @@ def main(argv=None):
       "training_steps": args.steps_before + int(state["step"]),
       "training_hours": args.hours,
       "device": args.device, "data": args.data, "folder": folder,
-      "validation": {
-          "images": sorted(per_image),
-          "bpp": float(np.mean([r["bpp"] for r in per_image.values()])),
-          "psnr": float(np.mean([r["psnr-rgb"] for r in per_image.values()])),
-          "per_image": per_image},
+      "validation": _validation(per_image),
       "samples": samples,
       "fingerprint": codec.fingerprint.hex(),
   }

@@ -72,3 +72,18 @@ def test_colour_modes_are_converted(tmp_path, capsys, mode):
   assert notes  # every conversion is reported
   assert cli.main(["compress", str(path), str(tmp_path / "a.m2t"), "--config", "m2t:tiny"]) == 0
   assert "note:" in capsys.readouterr().err
+
+
+def test_decompress_max_pixels_flag(tmp_path, capsys):
+  Image.fromarray(skdata.coffee()[:40, :30]).save(tmp_path / "in.png")
+  common = ["--config", "m2t:tiny"]
+  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "a.m2t"), *common]) == 0
+  out = str(tmp_path / "out.png")
+  assert cli.main(["decompress", str(tmp_path / "a.m2t"), out, *common,
+                   "--max-pixels", "1199"]) == 1
+  err = capsys.readouterr().err
+  assert "30 x 40 image (1200 pixels)" in err and "--max-pixels" in err
+  assert not os.path.exists(out)
+  assert cli.main(["decompress", str(tmp_path / "a.m2t"), out, *common,
+                   "--max-pixels", "1200"]) == 0
+  assert np.asarray(Image.open(out)).shape == (40, 30, 3)

@@ -1,7 +1,7 @@
 """The ``m2t`` command.
 
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
-  m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
+  m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
   m2t info FILE
   m2t demo [--output DIR]
   m2t summary CONFIG [SIZE]
@@ -17,7 +17,9 @@ default shipped model is used. ``m2t eval --checkpoint`` also takes a training
 workdir (``python -m m2t_jax.train --workdir``): its exported model (WORKDIR/model)
 if the run finished, else its latest checkpoint; it prints which.
 ``--config m2t:tiny`` gives a randomly initialised model instead, for trying the
-pipeline.
+pipeline. ``decompress`` refuses a stream whose header claims more than
+``--max-pixels`` pixels (default 89,478,485, Pillow's decompression-bomb limit)
+before allocating anything; raise it for large images you trust.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
@@ -51,7 +53,9 @@ def _decompress(args):
   from m2t_jax import images
   with open(args.input, "rb") as f:
     data = f.read()
-  image = _codec(args).decompress(data)
+  codec = _codec(args)
+  codec.max_pixels = args.max_pixels
+  image = codec.decompress(data)
   images.write_png(args.output, image)
   print(f"{args.input} -> {args.output}: {image.shape[1]}x{image.shape[0]}")
 
@@ -156,6 +160,11 @@ def _parser():
     p.add_argument("--config", default=None,
                    help="random model from a config, e.g. m2t:tiny (testing only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
+    if name == "decompress":
+      from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
+      p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                     help="refuse streams claiming more pixels than this (default "
+                          f"{DEFAULT_MAX_PIXELS}, Pillow's decompression-bomb limit)")
     p.set_defaults(func=func)
   p = sub.add_parser("demo", help="shipped models on sample photos, beside JPEG and WebP")
   p.add_argument("--output", default="m2t_demo", help="output folder")
