@@ -33,8 +33,10 @@ def test_shipped_model_round_trip_and_figures(model_name):
   bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
   psnr = metrics.psnr_rgb(image, decoded)
   ref = entry["samples"][name]
-  assert bpp == pytest.approx(ref["bpp"], rel=0.10)
-  assert psnr == pytest.approx(ref["psnr-rgb"], rel=0.10)
+  # Coding is deterministic on one platform: the manifest's figures (measured
+  # with real bytes by experiments/ship_model.py) hold to within 0.5%.
+  assert bpp == pytest.approx(ref["bpp"], rel=0.005)
+  assert psnr == pytest.approx(ref["psnr-rgb"], rel=0.005)
   # Sample photos and held-out validation photos are the same class of image:
   # the sample's figures stay within a factor 2 of the validation means.
   assert 0.5 < bpp / entry["validation"]["bpp"] < 2.0
