@@ -6,6 +6,8 @@ UNEVEN (slices 1, 2, 5 x the four 2x2 phases = 12 groups), both on 4x4 patches
 with C = 8.
 """
 
+import functools
+
 import flax.jax_utils
 import jax
 import jax.numpy as jnp
@@ -13,12 +15,23 @@ import numpy as np
 import pytest
 
 from m2t_jax import Codec, get_config, train
+from m2t_jax import model as model_lib
 from m2t_jax.app.demo import sample_images
 from m2t_jax.coding import bitstream
-from m2t_jax.entropy import base, gmm, grouping, registry
+from m2t_jax.coding.steps import CodingLoop, element_bits
+from m2t_jax.entropy import base, gmm, grouping, patches, registry
 from m2t_jax.entropy.grouped import GroupedMixer
+from m2t_jax.nn.elic import DOWNSCALE
+from m2t_jax.train.optim import make_optimizer
+from m2t_jax.train.state import TrainState
 
 C = 8
+# XLA's backend optimisations off for what the tests compile once and run a few
+# times (initialisations, one-off passes, the training step): half the compile
+# time, the same computation. The coding path (Codec, CodingLoop) keeps jax's
+# defaults, so the round trips test exactly what users run.
+FAST = {"xla_backend_optimization_level": 0}
+fast_jit = functools.partial(jax.jit, compiler_options=FAST)
 UNEVEN = dict(latent_channels=C, patch_size=4, d_model=32, num_layers=2, num_heads=2,
               mlp_dim=64, channel_slices=(1, 2, 5), spatial="phases")
 
@@ -30,16 +43,35 @@ def _tokens(model, batch=3, seed=0):
 
 def _init(model, seed=1):
   tokens = _tokens(model)
-  return jax.jit(lambda k: model.init(k, tokens, tokens, method="rate"))(
+  return fast_jit(lambda k: model.init(k, tokens, tokens, method="rate"))(
       jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")
-def models():
-  """name -> (model, params)."""
-  tiny = registry.build(get_config("grouped", "tiny"))
-  out = {"tiny": tiny, "uneven": GroupedMixer(**UNEVEN)}
-  return {name: (m, _init(m)) for name, m in out.items()}
+def uneven():
+  """(model, params) of UNEVEN."""
+  model = GroupedMixer(**UNEVEN)
+  return model, _init(model)
+
+
+@pytest.fixture(scope="module")
+def codec():
+  """The tiny config's codec with random parameters, shared so that its jitted
+  steps compile once. Initialised as ``model_lib.init_params`` does (one 16x16
+  image) but with ``fast_jit``: the ELIC initialisers take 30 s to compile."""
+  config = get_config("grouped", "tiny")
+  model = model_lib.build_model(config)
+  init = fast_jit(model.init)
+  params = init(jax.random.key(3), jnp.zeros((1, DOWNSCALE, DOWNSCALE, 3)))["params"]
+  return Codec(config, params)
+
+
+def _crop(image, h, w):
+  reps = (-(-h // image.shape[0]), -(-w // image.shape[1]), 1)
+  return np.ascontiguousarray(np.tile(image, reps)[:h, :w])
+
+
+PHOTOS = dict(sample_images(("astronaut", "coffee", "chelsea")))
 
 
 # --------------------------------------------------------------------------- #
@@ -103,39 +135,6 @@ def test_plan_is_channel_slice_major_and_covers_every_element(size):
 # --------------------------------------------------------------------------- #
 
 
-def _decode_bits(model, params, tokens):
-  """Per-element bits (N, L, C) from the cached decode steps of the interface
-  (init_decode_state, decode_step, decode_update), fed the true values; one jit
-  around the whole loop (each step still runs on its own static cache slice)."""
-  plan = model.coding_plan()
-
-  @jax.jit
-  def run(params, tokens):
-    state = model.init_decode_state(np.ones(tokens.shape[:2], bool))
-    bits = jnp.zeros(tokens.shape)
-    for i, step in enumerate(plan):
-      cells, mixture, state = model.apply(params, state, i, method="decode_step")
-      values = tokens[:, step.cells, slice(*step.channels)]
-      bits = bits.at[:, step.cells, slice(*step.channels)].set(
-          gmm.bits(mixture, values, model.prob_floor))
-      state = model.decode_update(state, i, cells, values)
-    return bits
-  return np.asarray(run(params, tokens))
-
-
-@pytest.mark.parametrize("name", ["tiny", "uneven"])
-def test_cached_decode_matches_teacher_forcing(models, name):
-  model, params = models[name]
-  tokens = _tokens(model)
-  teacher = np.asarray(model.apply(params, tokens, tokens, method="rate").bits)
-  cached = _decode_bits(model, params, tokens)
-  diff = np.abs(cached - teacher).max()
-  print(f"{name}: {len(model.coding_plan())} groups, max |cached - teacher-forced| = "
-        f"{diff:.3g} bits")
-  assert diff <= 1e-4
-  assert teacher.mean() > 0.1  # not a degenerate model that predicts nothing
-
-
 def _predictions(forward, params, tokens, group, groups):
   """Means and scales (2, N, Q, w_c, K) of ``group``'s elements, teacher-forced."""
   mixture = forward(params, tokens)[groups.slice_of(group)]
@@ -149,10 +148,10 @@ def _elements(groups, group):
   return groups.cells(group), slice(*groups.channels(groups.slice_of(group)))
 
 
-def test_no_future_leak(models):
-  model, params = models["uneven"]
+def test_no_future_leak(uneven):
+  model, params = uneven
   groups = model.grouping
-  forward = jax.jit(model.apply)
+  forward = fast_jit(model.apply)
   tokens = np.asarray(_tokens(model))
   rng = np.random.default_rng(0)
   for i in range(groups.num_groups):
@@ -179,25 +178,26 @@ def test_one_slice_one_subset_is_factorized():
   assert len(model.coding_plan()) == 1
   params = _init(model)
   tokens = _tokens(model)
-  a, = model.apply(params, tokens)
-  b, = model.apply(params, tokens * 3 + 1)
+  forward = fast_jit(model.apply)
+  a, = forward(params, tokens)
+  b, = forward(params, tokens * 3 + 1)
   np.testing.assert_allclose(np.asarray(a.means), np.asarray(b.means), atol=1e-6)
   np.testing.assert_allclose(np.asarray(a.scales), np.asarray(b.scales), atol=1e-6)
   # ... but it is a per-cell prior: the cell embedding makes cells differ.
   assert not np.allclose(np.asarray(a.means[:, 0]), np.asarray(a.means[:, 5]), atol=1e-4)
 
 
-def _sensitive(model, params, group, block, changes):
+def _sensitive(model, forward, params, group, block, changes):
   """Whether group ``group``'s predictions at block ``block`` change when the
   elements ``changes`` (a list of (group, block)) are changed."""
   groups = model.grouping
   tokens = np.asarray(_tokens(model, batch=1))
-  before = _predictions(model.apply, params, tokens, group, groups)[:, :, block]
+  before = _predictions(forward, params, tokens, group, groups)[:, :, block]
   changed = np.array(tokens)
   for j, q in changes:
     cell = groups.cells(j)[q]
     changed[:, cell, slice(*groups.channels(groups.slice_of(j)))] += 9
-  after = _predictions(model.apply, params, changed, group, groups)[:, :, block]
+  after = _predictions(forward, params, changed, group, groups)[:, :, block]
   return not np.allclose(before, after, atol=1e-5)
 
 
@@ -207,15 +207,15 @@ def test_each_mixer_sees_what_it_should():
   elsewhere; an inner-group layer reads the previous group at every block and no
   group before it."""
   kw = dict(UNEVEN, num_layers=1, channel_slices=(2, 2, 2, 2))
-  cross = GroupedMixer(**kw, first_mixer="cross")
-  params = _init(cross)
   i, q, other = 9, 1, 2  # group 9 = slice 2, phase 1; blocks 1 and 2
-  assert all(_sensitive(cross, params, i, q, [(j, q)]) for j in range(i))
-  assert not _sensitive(cross, params, i, q, [(j, other) for j in range(i)])
+  cross = GroupedMixer(**kw, first_mixer="cross")
+  sees = functools.partial(_sensitive, cross, fast_jit(cross.apply), _init(cross), i, q)
+  assert all(sees([(j, q)]) for j in range(i))
+  assert not sees([(j, other) for j in range(i)])
   inner = GroupedMixer(**kw, first_mixer="inner")
-  params = _init(inner)
-  assert _sensitive(inner, params, i, q, [(i - 1, other)])
-  assert not _sensitive(inner, params, i, q, [(j, b) for j in range(i - 1) for b in range(4)])
+  sees = functools.partial(_sensitive, inner, fast_jit(inner.apply), _init(inner), i, q)
+  assert sees([(i - 1, other)])
+  assert not sees([(j, b) for j in range(i - 1) for b in range(4)])
 
 
 # --------------------------------------------------------------------------- #
@@ -223,59 +223,122 @@ def test_each_mixer_sees_what_it_should():
 # --------------------------------------------------------------------------- #
 
 
+# Odd sizes, and real photos at one of them (the same compiled shapes).
+CASES = [("astronaut", (1, 1)), ("chelsea", (15, 17)), ("coffee", (383, 385)),
+         ("astronaut", (383, 385))]
+
+
 @pytest.fixture(scope="module")
-def codec():
-  return Codec.from_config(get_config("grouped", "tiny"), seed=3)
+def streams(codec):
+  """(image, bytes) of each case."""
+  return {case: (image, codec.compress(image)) for case in CASES
+          for image in [_crop(PHOTOS[case[0]], *case[1])]}
 
 
-def _crop(image, h, w):
-  reps = (-(-h // image.shape[0]), -(-w // image.shape[1]), 1)
-  return np.ascontiguousarray(np.tile(image, reps)[:h, :w])
-
-
-PHOTOS = dict(sample_images(("astronaut", "coffee", "chelsea")))
-
-
-@pytest.mark.parametrize("photo,hw", [
-    ("astronaut", (1, 1)), ("chelsea", (15, 17)), ("coffee", (383, 385)),
-    ("astronaut", (383, 385))], ids=str)
-def test_codec_round_trips_exactly(codec, photo, hw):
-  image = _crop(PHOTOS[photo], *hw)
-  data = codec.compress(image)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_codec_round_trips_exactly(codec, streams, case):
+  image, data = streams[case]
   assert data[5] == 2  # the kind's bitstream code
   assert codec.read_header(data).model_kind == "grouped"
-  estimate = codec.estimate(image)
-  np.testing.assert_array_equal(codec.decompress_latent(data), estimate["y_hat"])
-  np.testing.assert_array_equal(codec.decompress(data), estimate["reconstruction"])
-  if hw[0] > 100:  # the coded size is the model's rate (tables from the plan)
+  y_hat = codec.analyze(image)
+  np.testing.assert_array_equal(codec.decompress_latent(data), y_hat)
+  if case[1][0] > 100:  # the image too (one synthesis size compiled, not three)
+    decoded = codec.decompress(data)
+    assert decoded.shape == image.shape
+    np.testing.assert_array_equal(decoded, codec.reconstruct(y_hat, *image.shape[:2]))
+    # The coded size is the model's rate (tables from the plan's elements).
+    bits = codec.estimate(image)["bits"]
     payload_bits = 8 * (len(data) - bitstream.HEADER_BYTES)
-    assert abs(payload_bits / estimate["bits"] - 1) < 0.05, (payload_bits, estimate["bits"])
-    # progressive: the first group coded, the rest predicted means
+    assert abs(payload_bits / bits - 1) < 0.05, (payload_bits, bits)
+    # progressive: the first group coded, the others their predicted means
     partial = codec.decompress_latent(data, num_steps=1)
-    assert partial.shape == estimate["y_hat"].shape and np.all(np.isfinite(partial))
+    assert partial.shape == y_hat.shape and np.all(np.isfinite(partial))
+    assert not np.array_equal(partial, y_hat)
 
 
-def test_entropy_coder_round_trips_exactly(codec):
+def test_entropy_coder_round_trips_exactly(codec, streams):
+  """Latents of 1x1, 1x2 and 24x25 (those of the cases' images)."""
   coder = codec.entropy_coder
-  y = codec.analyze(_crop(PHOTOS["coffee"], 383, 385))[0]  # (24, 25, C)
-  for h, w in [(1, 1), (15, 17), y.shape[:2]]:
-    latent = y[:h, :w]
+  for image, _ in streams.values():
+    latent = codec.analyze(image)[0]
     np.testing.assert_array_equal(coder.decompress(coder.compress(latent)), latent)
 
 
-def test_tiny_training_lowers_the_rate():
-  """50 steps of the tiny config on 64x64 crops of real photos: the bpp falls."""
+def _loop_bits(model, params, tokens, config):
+  """Per-element bits (N, L, C) from the cached decode steps, run by the generic
+  coding loop (init_decode_state, jitted decode_step with its tables,
+  decode_update) and fed the true values, as the encoder does."""
+  loop = CodingLoop(model, params, config, np.ones(tokens.shape[:2], bool))
+  bits = np.zeros(tokens.shape, np.float32)
+  for step in loop:
+    group = step.take(tokens)
+    step.put(bits, np.asarray(element_bits(step.mixture, group, model.prob_floor)))
+    step.feed(group)
+  return bits
+
+
+def _step_bits(model, params, tokens):
+  """The same through the interface alone, one jit per step without the tables
+  (a third of the compile time of a coding-loop step)."""
+  def one(params, state, i, values):
+    cells, mixture, state = model.apply({"params": params}, state, i,
+                                        method="decode_step")
+    return gmm.bits(mixture, values, model.prob_floor), model.decode_update(
+        state, i, cells, values)
+  step_fn = fast_jit(one, static_argnums=2)
+  state = model.init_decode_state(np.ones(tokens.shape[:2], bool))
+  bits = np.zeros(tokens.shape, np.float32)
+  for i, step in enumerate(model.coding_plan()):
+    values = tokens[:, step.cells, slice(*step.channels)]
+    step_bits, state = step_fn(params, state, i, values)
+    bits[:, step.cells, slice(*step.channels)] = np.asarray(step_bits)
+  return bits
+
+
+@pytest.mark.parametrize("name", ["tiny", "uneven"])
+def test_cached_decode_matches_teacher_forcing(uneven, codec, name):
+  """tiny: the codec's own model, the latent of a photo (42 patches, the shapes
+  the round-trip tests compile) and the coding loop; uneven: random tokens."""
+  if name == "tiny":
+    model, params = codec.entropy_model, codec.params["entropy_model"]
+    y = codec.analyze(_crop(PHOTOS["coffee"], 383, 385))
+    tokens = np.asarray(patches.to_patches(jnp.asarray(y, jnp.float32),
+                                           codec.config.patch_size)[0])
+  else:
+    model, params = uneven[0], uneven[1]["params"]
+    tokens = np.asarray(_tokens(model))
+  forward = fast_jit(lambda p, t: model.apply({"params": p}, t, t, method="rate").bits)
+  teacher = np.asarray(forward(params, tokens))
+  cached = (_loop_bits(model, params, tokens, codec.config) if name == "tiny"
+            else _step_bits(model, params, tokens))
+  diff = np.abs(cached - teacher).max()
+  print(f"{name}: {len(model.coding_plan())} groups, max |cached - teacher-forced| = "
+        f"{diff:.3g} bits")
+  assert diff <= 1e-4
+  assert teacher.mean() > 0.1  # not a degenerate model that predicts nothing
+
+
+def test_tiny_training_lowers_the_rate(codec):
+  """50 steps of the tiny config on 64x64 crops of real photos: the bpp falls.
+  The codec's random parameters start the run (an initialisation compiled once)."""
   config = get_config("grouped", "tiny")
   config.crop_size = 64
   config.batch_size = 2
   config.lmbda_warmup_factor = 1.0  # constant lambda
-  state = flax.jax_utils.replicate(train.create_train_state(config))
-  step = jax.pmap(train.make_train_step(config), axis_name=train.AXIS,
-                  in_axes=(0, 0, None))
+  optimizer = make_optimizer(config)
+  params = codec.params
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=fast_jit(optimizer.init)(params),
+                     num_skipped=jnp.zeros((), jnp.int32))
+  # On the pmap axis's mesh, as the training loop does: the step compiles once.
+  state = flax.jax_utils.replicate(state, axis_name=train.AXIS)
   crops = np.stack([PHOTOS[name][r:r + 64, c:c + 64] for name in PHOTOS
                     for r in (0, 200) for c in (0, 200)])
   rng = np.random.default_rng(0)
   key = jax.random.key(0)
+  step = jax.pmap(train.make_train_step(config, optimizer=optimizer),
+                  axis_name=train.AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  step = step.lower(state, crops[None, :2], key).compile(compiler_options=FAST)
   bpp = []
   for _ in range(50):
     batch = crops[rng.choice(len(crops), 2, replace=False)][None]
