@@ -27,13 +27,14 @@ def _setup():
 
 
 @pytest.mark.parametrize("order", ["qlds", "entropy"])
-def test_coding_loop_matches_training_rate(monkeypatch, order):
+def test_coding_loop_matches_training_rate(order):
   # Two different paths must give the same distributions: the coding loop (jitted
   # decode_step / decode_update, which sees only the values fed so far, zeros
   # elsewhere) and the training pass (rate(), which sees every true value and
   # hides the masked ones behind the mask vector). rate draws its mask from
   # mt.random_mask; substituting the decode state's mask (unknown = masked) runs
-  # rate's own code, its bits formula and prob_floor included.
+  # rate's own code, its bits formula and prob_floor included (rate has no
+  # explicit-mask argument).
   config = get_config("mt", "tiny")
   config.schedule.order = order
   config = ml_collections.FrozenConfigDict(config)  # hashable: the loop caches its step
@@ -45,30 +46,38 @@ def test_coding_loop_matches_training_rate(monkeypatch, order):
   tokens = np.where(valid[..., None], tokens, 0.0).astype(np.float32)  # padding = 0
   params = model.init(jax.random.key(1), jnp.asarray(tokens), jnp.asarray(~valid))["params"]
 
+  @jax.jit  # one compilation for every step (eager, each op compiles on its own)
+  def training_pass(tokens, masked):
+    # Traced once with ``masked`` as an argument, so the substitute is right for
+    # every step.
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(mt, "random_mask", lambda *_: masked)
+      rate = model.apply({"params": params}, tokens, tokens, jax.random.key(2),
+                         method="rate")
+    mixture = model.apply({"params": params}, tokens, ~masked)
+    # The coding tables of the training mixtures, with the config's own table
+    # parameters: what the range coder must get from the loop.
+    centers, pmf = gmm.coding_tables(mixture, tables.narrow_radius(config),
+                                     config.gmm.prob_floor)
+    return rate, mixture, centers, pmf
+
   rows = np.arange(n)[:, None]
   known = ~valid  # padding is known from the start (SPEC: never coded)
   num_steps = 0
   for step in steps.CodingLoop(model, params, config, valid):
-    monkeypatch.setattr(mt, "random_mask", lambda *_, m=~known: jnp.asarray(m))
-    rate = model.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(tokens),
-                       jax.random.key(2), method="rate")
+    rate, full, centers, pmf = training_pass(jnp.asarray(tokens), jnp.asarray(~known))
     np.testing.assert_array_equal(np.asarray(rate.paid), ~known)
     # The loop codes exactly the step's cells that are neither padding nor coded.
     np.testing.assert_array_equal(step.todo, np.broadcast_to(
         ~known[rows, step.cells][..., None], step.todo.shape))
-    full = model.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(known))
     train_mix = gmm.Mixture(*[np.asarray(t)[rows, step.cells] for t in full])
     for name, got, want in zip(gmm.Mixture._fields, step.mixture, train_mix, strict=True):
       np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5, err_msg=name)
     loop_bits = steps.element_bits(step.mixture, step.take(tokens), config.gmm.prob_floor)
     np.testing.assert_allclose(np.asarray(loop_bits),
                                np.asarray(rate.bits)[rows, step.cells], atol=1e-4)
-    # The coding tables the range coder gets are those of the training mixtures,
-    # built with the config's own table parameters.
-    centers, pmf = gmm.coding_tables(gmm.Mixture(*map(jnp.asarray, train_mix)),
-                                     tables.narrow_radius(config), config.gmm.prob_floor)
-    np.testing.assert_array_equal(step.centers, np.asarray(centers))
-    np.testing.assert_allclose(step.pmf, np.asarray(pmf), atol=1e-6)
+    np.testing.assert_array_equal(step.centers, np.asarray(centers)[rows, step.cells])
+    np.testing.assert_allclose(step.pmf, np.asarray(pmf)[rows, step.cells], atol=1e-6)
     step.feed(step.take(tokens))
     known[rows, step.cells] = True
     num_steps += 1
