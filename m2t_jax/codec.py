@@ -12,8 +12,9 @@ decoder crops exactly. Decompression decodes the latent, runs D and crops. The
 decoded image equals ``estimate(image)['reconstruction']`` bit for bit (same
 y_hat, same jitted D).
 
-A Codec stream's fingerprint covers the whole model (config, E, D and the
-entropy model), so a stream decodes only with the very model that wrote it.
+A Codec stream's fingerprint covers the whole model (the config's decoding
+fields, E, D and the entropy model: ``coding/fingerprint.py``), so a stream
+decodes only with a model that decodes it exactly as the writer would.
 
 What to expect across machines: see ``coding/entropy_coder.py`` (encode and
 decode on the same kind of device and software; otherwise a wrong decode raises
