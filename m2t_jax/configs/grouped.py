@@ -52,9 +52,18 @@ def get_config(size: str = "paper"):
   # random (with phase_seed).
   g.phase_order = "qlds"
   g.phase_seed = 0
+  # Coding order of the groups [inferred]: 'slice_major' (every subset of slice
+  # 0, then slice 1, ...) or 'subset_major' (every slice at subset 0, then ...).
+  g.group_order = "slice_major"
   # Layers alternate inner-group and cross-group mixers starting with this one
   # [inferred]; transformer.num_layers counts both kinds.
   g.first_mixer = "inner"
+  # What a cross-group mixer sees [inferred]: 'block', every earlier group in
+  # the token's block (the "same 2x2 cell"), or 'cell', only the earlier values
+  # at the token's own cell (the "same spatial location"), which leaves all
+  # spatial context to the inner-group mixers. 'block' sees a superset at the
+  # same cost (at most G keys per token either way).
+  g.cross_scope = "block"
 
   c.schedule.num_steps = _num_groups(c)  # informative only (module docstring)
   return c

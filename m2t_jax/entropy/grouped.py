@@ -2,9 +2,9 @@
 cache (Li et al., arXiv 2405.01170; our reading in SEED_MODELS.md §1).
 
 The patch's elements are cut into G = k_c * k_s groups (``grouping.py``): group
-i = (channel slice c, spatial subset s), coded channel-slice-major. Each group has
-one token per block (Q tokens), so a patch is a (G, Q) grid of tokens of width
-d_model. Token (i, q):
+i = (channel slice c, spatial subset s), coded channel-slice-major (or
+subset-major). Each group has one token per block (Q tokens), so a patch is a
+(G, Q) grid of tokens of width d_model. Token (i, q):
 
 * reads the values of group i-1 at block q (M2T's "masked twice" shift: a group's
   own values never enter its own tokens), embedded by the Dense of group i-1's
@@ -17,7 +17,9 @@ Layers alternate two mixers (pre-norm blocks of ``nn/transformer.py``):
 
 * **inner-group**: bidirectional attention among the Q tokens of one group;
 * **cross-group**: attention among the tokens of one block, causal along the
-  group axis (token (i, q) sees (j, q) for j <= i).
+  group axis: token (i, q) sees (j, q) for every j <= i (``cross_scope``
+  'block', the "same 2x2 cell"), or only i itself and the j whose values lie at
+  its own cell ('cell', the "same spatial location"; ``grouping.cross_group_mask``).
 
 Token (i, q) holds only values of groups < i, so both mixers are causal in the
 groups, and alternating them reaches every earlier group at every block.
@@ -51,9 +53,9 @@ MIXERS = ("inner", "cross")
 
 
 @functools.lru_cache(maxsize=64)
-def _grouping(patch_size, channels, slices, spatial, block, phase_order, seed):
+def _grouping(patch_size, channels, slices, spatial, block, phase_order, seed, order):
   return grouping.make_grouping(patch_size, channels, slices, spatial, block,
-                                phase_order, seed)
+                                phase_order, seed, order)
 
 
 def mixer_kinds(num_layers: int, first: str) -> tuple[str, ...]:
@@ -78,32 +80,41 @@ class MixerStack(nn.Module):
                    for _ in self.kinds]
     self.ln_final = nn.LayerNorm()
 
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    """Teacher-forced: x (N, G, Q, d) -> (N, G, Q, d)."""
+  def __call__(self, x: jax.Array, cross_mask: np.ndarray,
+               deterministic: bool = True) -> jax.Array:
+    """Teacher-forced: x (N, G, Q, d) -> (N, G, Q, d); cross_mask (G, G) bool,
+    which groups of its block a token may attend to (causal)."""
     n, g, q, d = x.shape
-    causal = jnp.tril(jnp.ones((g, g), bool))
+    mask = jnp.asarray(cross_mask)
     for kind, block in zip(self.kinds, self.blocks, strict=True):
       if kind == "inner":
         x = block(x.reshape(n * g, q, d), deterministic=deterministic)[0]
         x = x.reshape(n, g, q, d)
       else:
         y = x.transpose(0, 2, 1, 3).reshape(n * q, g, d)
-        y = block(y, mask=causal, deterministic=deterministic)[0]
+        y = block(y, mask=mask, deterministic=deterministic)[0]
         x = y.reshape(n, q, g, d).transpose(0, 2, 1, 3)
     return self.ln_final(x)
 
-  def step(self, x: jax.Array, cache: tfm.Cache, group: int):
+  def step(self, x: jax.Array, cache: tfm.Cache, group: int,
+           cross_mask: np.ndarray | None = None):
     """Decode step: x (N, Q, d), the tokens of group ``group`` (static) ->
     ((N, Q, d), cache). ``cache``: one {'k', 'v'} (N*Q, G, heads, head_dim) per
-    cross-group layer, in layer order; this group's keys/values are written."""
+    cross-group layer, in layer order; this group's keys/values are written and
+    the cached groups [0, group] attended to, those of ``cross_mask[group]`` only
+    when given."""
     n, q, d = x.shape
+    mask = None
+    if cross_mask is not None and not cross_mask[group, :group + 1].all():
+      mask = jnp.asarray(cross_mask[group:group + 1, :group + 1])
     new_cache = []
     caches = iter(cache)
     for kind, block in zip(self.kinds, self.blocks, strict=True):
       if kind == "inner":
         x = block(x)[0]
       else:
-        y, layer_cache = block(x.reshape(n * q, 1, d), cache=next(caches), offset=group)
+        y, layer_cache = block(x.reshape(n * q, 1, d), mask=mask, cache=next(caches),
+                               offset=group)
         new_cache.append(layer_cache)
         x = y.reshape(n, q, d)
     return self.ln_final(x), new_cache
@@ -135,7 +146,9 @@ class GroupedMixer(base.EntropyModel):
   block: tuple[int, int] = (2, 2)  # phases: block height, width
   phase_order: str = "qlds"  # phases: qlds | raster | random
   phase_seed: int = 0
-  first_mixer: str = "inner"
+  group_order: str = "slice_major"  # or subset_major
+  first_mixer: str = "inner"  # inner | cross
+  cross_scope: str = "block"  # block | cell
   num_mixtures: int = 3
   scale_floor: float = 0.01
   embed_delta: float = 5.0
@@ -156,7 +169,8 @@ class GroupedMixer(base.EntropyModel):
         mlp_dim=t.mlp_dim, dropout=t.dropout,
         channel_slices=slices if isinstance(slices, int) else tuple(slices),
         spatial=g.spatial, block=tuple(g.block), phase_order=g.phase_order,
-        phase_seed=g.phase_seed, first_mixer=g.first_mixer,
+        phase_seed=g.phase_seed, group_order=g.group_order,
+        first_mixer=g.first_mixer, cross_scope=g.cross_scope,
         num_mixtures=config.gmm.num_mixtures, scale_floor=config.gmm.scale_floor,
         embed_delta=config.embed_delta, embed_layernorm=config.embed_layernorm,
         prob_floor=config.gmm.prob_floor)
@@ -166,6 +180,7 @@ class GroupedMixer(base.EntropyModel):
     model = cls.from_config(config)
     groups = model.grouping  # ValueError for impossible slices or subsets
     mixer_kinds(model.num_layers, model.first_mixer)
+    grouping.cross_group_mask(groups, model.cross_scope)
     if model.num_layers < 1:
       raise ValueError("GroupedMixer needs transformer.num_layers >= 1.")
     if groups.num_groups > 255:  # the header's step count is a byte
@@ -176,14 +191,21 @@ class GroupedMixer(base.EntropyModel):
     slices = self.channel_slices
     return _grouping(self.patch_size, self.latent_channels,
                      slices if isinstance(slices, int) else tuple(slices), self.spatial,
-                     tuple(self.block), self.phase_order, self.phase_seed)
+                     tuple(self.block), self.phase_order, self.phase_seed,
+                     self.group_order)
+
+  @property
+  def cross_mask(self) -> np.ndarray:
+    """(G, G) bool: the cross-group attention pattern (``cross_scope``)."""
+    return grouping.cross_group_mask(self.grouping, self.cross_scope)
 
   def setup(self):
     groups = self.grouping
     self.start = self.param("start", nn.initializers.normal(0.02), (self.d_model,))
-    # Input Dense per slice; the last slice's only exists when it feeds a next group.
-    used = groups.num_slices - (groups.num_subsets == 1)
-    self.inputs = [nn.Dense(self.d_model) for _ in range(used)]
+    # Input Dense per slice. Flax creates a submodule's parameters when it is
+    # first called, so a slice that feeds no group (the last one when it is
+    # coded last and alone) has none.
+    self.inputs = [nn.Dense(self.d_model) for _ in groups.slices]
     self.cell_embedding = LocationEmbedding(self.num_tokens, self.d_model)
     self.group_embedding = LocationEmbedding(groups.num_groups, self.d_model)
     self.embed_norm = nn.LayerNorm() if self.embed_layernorm else None
@@ -203,25 +225,21 @@ class GroupedMixer(base.EntropyModel):
     """Teacher-forced pass: tokens (N, L, C) -> one Mixture per slice, fields
     (N, L, w_c, K) in location order."""
     groups = self.grouping
-    n = tokens.shape[0]
-    k_s, q = groups.num_subsets, groups.num_blocks
-    order = jnp.asarray(groups.cell_order)
-    embedded = [jnp.broadcast_to(self.start, (n, 1, q, self.d_model))]
-    for c, dense in enumerate(self.inputs):
-      start, stop = groups.channels(c)
-      values = jnp.take(tokens[..., start:stop], order, axis=1).reshape(n, k_s, q, -1)
-      if c == groups.num_slices - 1:  # the last group feeds nothing
-        values = values[:, :-1]
-      embedded.append(dense(values / self.embed_delta))
-    x = jnp.concatenate(embedded, axis=1)[:, :groups.num_groups]  # group i-1 -> token i
-    x = x + jnp.stack([self._position(i) for i in range(groups.num_groups)])
-    x = self.transformer(self._finish(x), deterministic=deterministic)
-    inverse = jnp.asarray(np.argsort(groups.cell_order))
+    n, num_groups = tokens.shape[0], groups.num_groups
+    x = [jnp.broadcast_to(self.start, (n, groups.num_blocks, self.d_model))]
+    for g in range(num_groups - 1):  # token g+1 reads group g (the last feeds none)
+      c = groups.slice_of(g)
+      values = tokens[:, groups.cells(g), slice(*groups.channels(c))]
+      x.append(self.inputs[c](values / self.embed_delta))
+    x = jnp.stack(x, axis=1)  # (N, G, Q, d)
+    x = x + jnp.stack([self._position(i) for i in range(num_groups)])
+    x = self.transformer(self._finish(x), self.cross_mask, deterministic=deterministic)
     out = []
     for c in range(groups.num_slices):
-      feats = x[:, c * k_s:(c + 1) * k_s].reshape(n, k_s * q, self.d_model)
-      mixture = self.head(feats, c)  # cell_order
-      out.append(jax.tree.map(lambda t: jnp.take(t, inverse, axis=1), mixture))
+      feats = x[:, groups.groups_of_slice(c)].reshape(n, self.num_tokens, self.d_model)
+      mixture = self.head(feats, c)  # in the order of cells_of_slice(c)
+      inverse = jnp.asarray(np.argsort(groups.cells_of_slice(c)))
+      out.append(jax.tree.map(lambda t, inv=inverse: jnp.take(t, inv, axis=1), mixture))
     return tuple(out)
 
   def step(self, prev_values: jax.Array, cache: tfm.Cache, group: int):
@@ -242,7 +260,7 @@ class GroupedMixer(base.EntropyModel):
     else:
       x = jnp.broadcast_to(self.start, prev_values.shape[:2] + (self.d_model,))
     x = self._finish(x + self._position(group))
-    x, cache = self.transformer.step(x, cache, group)
+    x, cache = self.transformer.step(x, cache, group, self.cross_mask)
     return self.head(x, groups.slice_of(group)), cache
 
   # --- the entropy-model interface ---------------------------------------------

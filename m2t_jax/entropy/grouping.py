@@ -8,8 +8,10 @@ A patch of L = w_T^2 cells and C channels is cut into
   tokens of a patch form a (group, block) grid: that is what lets the cross-group
   mixer attend "at the same location" over the groups of one block only.
 
-Group i = (slice c, subset s) with i = c * k_s + s (coded channel-slice-major):
-slice c's channels at subset s's cells, G = k_c * k_s groups of Q x w_c elements.
+Group i = (slice c, subset s): slice c's channels at subset s's cells, G = k_c *
+k_s groups of Q x w_c elements, coded channel-slice-major (``order``
+'slice_major': i = c * k_s + s, every subset of a slice before the next slice)
+or 'subset_major' (i = s * k_c + c, every slice of a subset before the next).
 
 Spatial subsets (``spatial``):
 
@@ -33,6 +35,7 @@ import numpy as np
 from m2t_jax.entropy import schedules
 
 SPATIAL = ("phases", "checkerboard", "none")
+ORDERS = ("slice_major", "subset_major")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +44,11 @@ class Grouping:
 
   slices: (k_c,) channel widths, summing to C.
   subsets: int64 (k_s, Q): subsets[s, q] is the cell of subset s in block q.
+  order: 'slice_major' or 'subset_major' (module docstring).
   """
   slices: tuple[int, ...]
   subsets: np.ndarray
+  order: str = "slice_major"
 
   @property
   def num_slices(self) -> int:
@@ -63,10 +68,18 @@ class Grouping:
     return self.num_slices * self.num_subsets
 
   def slice_of(self, group: int) -> int:
-    return group // self.num_subsets
+    if self.order == "slice_major":
+      return group // self.num_subsets
+    return group % self.num_slices
 
   def subset_of(self, group: int) -> int:
-    return group % self.num_subsets
+    if self.order == "slice_major":
+      return group % self.num_subsets
+    return group // self.num_slices
+
+  def groups_of_slice(self, slice_index: int) -> np.ndarray:
+    """The groups of a channel slice, ascending (one per subset)."""
+    return np.array([g for g in range(self.num_groups) if self.slice_of(g) == slice_index])
 
   def channels(self, slice_index: int) -> tuple[int, int]:
     """(start, stop) of a channel slice."""
@@ -77,10 +90,10 @@ class Grouping:
     """(Q,) cells of a group, in block order (the order of its tokens)."""
     return self.subsets[self.subset_of(group)]
 
-  @property
-  def cell_order(self) -> np.ndarray:
-    """(L,) the cells of subset 0, then subset 1, ...: a permutation of the patch."""
-    return self.subsets.reshape(-1)
+  def cells_of_slice(self, slice_index: int) -> np.ndarray:
+    """(L,) the cells of the groups of a slice, in group then block order: a
+    permutation of the patch's cells."""
+    return np.concatenate([self.cells(g) for g in self.groups_of_slice(slice_index)])
 
 
 def split_channels(channels: int, slices) -> tuple[int, ...]:
@@ -125,7 +138,30 @@ def spatial_subsets(patch_size: int, spatial: str, block=(2, 2),
 
 
 def make_grouping(patch_size: int, channels: int, slices, spatial: str,
-                  block=(2, 2), phase_order: str = "qlds", seed: int = 0) -> Grouping:
+                  block=(2, 2), phase_order: str = "qlds", seed: int = 0,
+                  order: str = "slice_major") -> Grouping:
   """The Grouping of a w_T x w_T patch with C channels (ValueError if impossible)."""
+  if order not in ORDERS:
+    raise ValueError(f"Unknown group order {order!r}: expected one of {ORDERS}.")
   return Grouping(split_channels(channels, slices),
-                  spatial_subsets(patch_size, spatial, block, phase_order, seed))
+                  spatial_subsets(patch_size, spatial, block, phase_order, seed), order)
+
+
+def cross_group_mask(groups: Grouping, scope: str) -> np.ndarray:
+  """bool (G, G): mask[i, j] when the cross-group mixer lets token (i, q) attend to
+  token (j, q) of the same block q. Token j holds the values of group j-1.
+
+  scope 'block': every j <= i (the whole block: the "same 2x2 cell").
+  scope 'cell': j = i, and the j < i whose input values lie at token i's own
+  cell (subset of group j-1 = subset of group i): the "same spatial location".
+  """
+  g = groups.num_groups
+  causal = np.tril(np.ones((g, g), bool))
+  if scope == "block":
+    return causal
+  if scope == "cell":
+    subset = np.array([groups.subset_of(i) for i in range(g)])
+    same = np.zeros((g, g), bool)
+    same[:, 1:] = subset[:, None] == subset[None, :-1]  # input of j: group j-1
+    return causal & (same | np.eye(g, dtype=bool))
+  raise ValueError(f"Unknown cross-group scope {scope!r}: expected 'block' or 'cell'.")
