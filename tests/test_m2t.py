@@ -39,7 +39,9 @@ def _cached_bits(model, params, tokens):
   return out
 
 
-@pytest.mark.parametrize("patch_size,num_steps", [(4, 4), (24, 12)])
+# (12, 8): many uneven groups (144 cells), at a third of the paper-size (24, 12)
+# case's test time on 2 cores; the property does not depend on the size.
+@pytest.mark.parametrize("patch_size,num_steps", [(4, 4), (12, 8)])
 def test_cached_decode_matches_teacher_forcing(patch_size, num_steps):
   model = _m2t(patch_size, num_steps)
   tokens = _tokens(model)
