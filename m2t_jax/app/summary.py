@@ -12,6 +12,7 @@ import numpy as np
 
 from m2t_jax import configs
 from m2t_jax import model as model_lib
+from m2t_jax.entropy import registry
 from m2t_jax.nn.elic import DOWNSCALE
 
 PARTS = ("encoder", "decoder", "embedding", "transformer", "head")
@@ -43,11 +44,13 @@ def param_counts(config) -> dict:
 def format_summary(config) -> str:
   """A human-readable summary: the main config fields and the parameter counts."""
   t = config.transformer
+  # S from the kind's coding plan: a kind may not follow schedule.num_steps.
+  num_steps = len(registry.build(config).coding_plan())
   lines = [
       f"model {config.model} / size {config.size}",
       f"  ELIC N={config.elic.num_filters} C={config.latent_channels}; transformer "
       f"{t.num_layers}x{t.d_model}, {t.num_heads} heads, MLP {t.mlp_dim}",
-      f"  w_T={config.patch_size} S={config.schedule.num_steps} "
+      f"  w_T={config.patch_size} S={num_steps} "
       f"alpha={config.schedule.alpha} order={config.schedule.order} "
       f"N_M={config.gmm.num_mixtures} delta={config.embed_delta}",
       f"  lambda={config.lmbda} batch={config.batch_size}x{config.crop_size}^2 "
