@@ -28,9 +28,9 @@ from m2t_jax.train.state import TrainState
 
 C = 8
 # XLA's backend optimisations off for what the tests compile once and run a few
-# times (initialisations, one-off passes, the training step): half the compile
-# time, the same computation. The coding path (Codec, CodingLoop) keeps jax's
-# defaults, so the round trips test exactly what users run.
+# times (one-off passes, test-only decode steps, the training step): half the
+# compile time, the same computation. The coding path (Codec, CodingLoop) keeps
+# jax's defaults, so the round trips test exactly what users run.
 FAST = {"xla_backend_optimization_level": 0}
 fast_jit = functools.partial(jax.jit, compiler_options=FAST)
 UNEVEN = dict(latent_channels=C, patch_size=4, d_model=32, num_layers=2, num_heads=2,
@@ -43,10 +43,34 @@ def _tokens(model, batch=3, seed=0):
   return jnp.round(x)
 
 
+def _random_params(init, seed):
+  """Random parameters of the shapes ``init(key)`` gives: kernels N(0, 1/fan_in)
+  (Flax's LeCun scale, untruncated), biases 0, LayerNorm scales 1, anything else
+  (embeddings, the start vector) N(0, 0.02^2). Drawn as one normal vector: the
+  tiny model's 300-odd Flax initialisers take 15-30 s to compile on this CPU."""
+  shapes = jax.eval_shape(init, jax.random.key(seed))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  sizes = [int(np.prod(leaf.shape)) for _, leaf in leaves]
+  noise = np.split(np.asarray(jax.random.normal(jax.random.key(seed), (sum(sizes),))),
+                   np.cumsum(sizes)[:-1])
+  out = []
+  for (path, leaf), z in zip(leaves, noise, strict=True):
+    name, parent = path[-1].key, path[-2].key if len(path) > 1 else ""
+    if name == "bias":
+      out.append(np.zeros(leaf.shape, np.float32))
+    elif name == "scale":
+      out.append(np.ones(leaf.shape, np.float32))
+    elif name == "kernel":  # q/k/v kernels (d, heads, head_dim) contract d only
+      fan_in = leaf.shape[0] if parent in ("query", "key", "value") else np.prod(leaf.shape[:-1])
+      out.append((z / np.sqrt(fan_in)).reshape(leaf.shape).astype(np.float32))
+    else:
+      out.append((0.02 * z).reshape(leaf.shape).astype(np.float32))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def _init(model, seed=1):
   tokens = _tokens(model)
-  return fast_jit(lambda k: model.init(k, tokens, tokens, method="rate"))(
-      jax.random.key(seed))
+  return _random_params(lambda k: model.init(k, tokens, tokens, method="rate"), seed)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +83,11 @@ def uneven():
 @pytest.fixture(scope="module")
 def codec():
   """The tiny config's codec with random parameters, shared so that its jitted
-  steps compile once. Initialised as ``model_lib.init_params`` does (one 16x16
-  image) but with ``fast_jit``: the ELIC initialisers take 30 s to compile."""
+  steps compile once."""
   config = get_config("grouped", "tiny")
   model = model_lib.build_model(config)
-  init = fast_jit(model.init)
-  params = init(jax.random.key(3), jnp.zeros((1, DOWNSCALE, DOWNSCALE, 3)))["params"]
-  return Codec(config, params)
+  image = jnp.zeros((1, DOWNSCALE, DOWNSCALE, 3))
+  return Codec(config, _random_params(lambda k: model.init(k, image), 3)["params"])
 
 
 def _crop(image, h, w):
