@@ -28,9 +28,10 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from m2t_jax import configs, train  # noqa: E402
+from m2t_jax.entropy import registry  # noqa: E402
 
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small"], "Config sizes: tiny, small, paper.")
-_MODEL = flags.DEFINE_enum("model", "m2t", ["m2t", "mt"], "Entropy model.")
+_MODEL = flags.DEFINE_enum("model", "m2t", list(registry.names()), "Entropy model kind.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the global batch size "
                               "(e.g. 1 for the paper config on a CPU).")
 _CROP = flags.DEFINE_integer("crop_size", None, "Override the crop size.")

@@ -340,7 +340,8 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
     s = codec.config.schedule
     point.update({"checkpoint": label, "codec": codec.name,
                   "fingerprint": codec.fingerprint.hex(), "model": codec.config.model,
-                  "order": s.order, "num_steps": int(s.num_steps), "alpha": float(s.alpha),
+                  "order": s.order, "num_steps": len(codec.entropy_model.coding_plan()),
+                  "alpha": float(s.alpha),
                   "lmbda": float(codec.config.get("lmbda", math.nan))})
     points.append(point)
     del codec
