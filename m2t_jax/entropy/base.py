@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from m2t_jax.entropy import gmm
@@ -132,6 +133,23 @@ class EntropyModel(nn.Module):
                     values: np.ndarray) -> State:
     """Writes the step's values (N, g, c) (decoded, or true ones when encoding)."""
     raise NotImplementedError
+
+
+def shifted_cache_step(model, state, step: int, cells):
+  """``decode_step`` of a kind that decodes like M2T: its ``step(prev, cache, i)``
+  feeds group i-1's values (``state['prev']``) into a static k/v cache and reads
+  group i's mixtures. cells: the group's cells (g,), the same in every patch.
+  Returns (cells int32 (N, g), mixture, state)."""
+  mixture, cache = model.step(state["prev"], state["cache"], step)
+  cells = jnp.asarray(cells, jnp.int32)
+  cells = jnp.broadcast_to(cells, (state["prev"].shape[0], cells.shape[0]))
+  return cells, mixture, {"cache": cache, "prev": state["prev"]}
+
+
+def shifted_cache_update(state, values):
+  """``decode_update`` of such a kind: the next step feeds exactly this group's
+  values (N, g, c), in the order decoded."""
+  return {"cache": state["cache"], "prev": jnp.asarray(values, jnp.float32)}
 
 
 def transformer_fields(config) -> dict:

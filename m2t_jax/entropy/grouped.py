@@ -288,14 +288,11 @@ class GroupedMixer(base.EntropyModel):
 
   def decode_step(self, state, step: int):
     """Feeds group step-1's values, reads group ``step``'s mixtures (static step)."""
-    mixture, cache = self.step(state["prev"], state["cache"], step)
-    cells = jnp.asarray(self.grouping.cells(step), jnp.int32)
-    cells = jnp.broadcast_to(cells, (state["prev"].shape[0], cells.shape[0]))
-    return cells, mixture, {"cache": cache, "prev": state["prev"]}
+    return base.shifted_cache_step(self, state, step, self.grouping.cells(step))
 
   def decode_update(self, state, step, cells, values):
     del step, cells  # the next step reads exactly this group, in block order
-    return {"cache": state["cache"], "prev": jnp.asarray(values, jnp.float32)}
+    return base.shifted_cache_update(state, values)
 
   def init_cache(self, batch: int, dtype=jnp.float32) -> tfm.Cache:
     """Empty cross-group cache of ``batch`` patches: (batch*Q, G, heads, head_dim)

@@ -164,14 +164,11 @@ class M2T(base.EntropyModel):
 
   def decode_step(self, state, step: int):
     """Feeds group step-1's values, reads group ``step``'s mixtures (static step)."""
-    mixture, cache = self.step(state["prev"], state["cache"], step)
-    group = jnp.asarray(self.schedule.group(step), jnp.int32)
-    cells = jnp.broadcast_to(group, (state["prev"].shape[0], group.shape[0]))
-    return cells, mixture, {"cache": cache, "prev": state["prev"]}
+    return base.shifted_cache_step(self, state, step, self.schedule.group(step))
 
   def decode_update(self, state, step, cells, values):
     del step, cells  # the next step feeds exactly this group, in this order
-    return {"cache": state["cache"], "prev": jnp.asarray(values, jnp.float32)}
+    return base.shifted_cache_update(state, values)
 
   def init_cache(self, batch: int, dtype=jnp.float32) -> tfm.Cache:
     """Empty key/value cache for ``batch`` patches (all L slots)."""
