@@ -77,6 +77,29 @@ class CompressionModel(nn.Module):
     """(B, h, w, C) -> reconstruction (B, 16h, 16w, 3) on 0..255, unclipped."""
     return self.synthesis(y_hat) * 255.0
 
+  def latent_bits(self, y_hat: jax.Array, targets: jax.Array, rng=None,
+                  train: bool = False) -> jax.Array:
+    """Estimated bits of each latent: (B,) float32.
+
+    y_hat: (B, h, w, C), the rounded latent the entropy model reads as context;
+    targets: (B, h, w, C), what it pays for (y_hat itself, or y + uniform noise in
+    training); rng: the kind's own randomness (MT's masks), needed when train.
+    """
+    c = self.config
+    b = y_hat.shape[0]
+    tokens, valid = patches.to_patches(y_hat, c.patch_size)
+    target_tokens, _ = patches.to_patches(targets, c.patch_size)
+    rate = self.entropy_model.rate(tokens, target_tokens, rng=rng, train=train)
+    token_bits = jnp.sum(rate.bits, axis=-1)  # (N, L)
+    paid = rate.paid & valid
+    # A kind may pay only some tokens (MT: the masked ones): scale each patch's
+    # mean bits per paid token to all of its valid tokens, so that every kind
+    # reports bits in the same units.
+    num_valid = jnp.sum(valid, axis=-1)
+    num_paid = jnp.maximum(jnp.sum(paid, axis=-1), 1)
+    patch_bits = jnp.sum(token_bits * paid, axis=-1) * num_valid / num_paid
+    return jnp.sum(patch_bits.reshape(b, -1), axis=-1)
+
   def __call__(self, image: jax.Array, rng=None, train: bool = False):
     """Forward pass. image (B, H, W, 3) 0..255, H, W multiples of 16.
 
@@ -86,12 +109,9 @@ class CompressionModel(nn.Module):
       psnr (B,) dB; reconstruction (B, H, W, 3) on 0..255 (unclipped);
       y_hat (B, h, w, C) rounded latent.
     """
-    c = self.config
-    b, h_img, w_img, _ = image.shape
+    _, h_img, w_img, _ = image.shape
     y = self.encode(image)
     y_hat = _ste_round(y)
-    _, h, w, _ = y.shape
-    tokens, valid = patches.to_patches(y_hat, c.patch_size)
     mask_rng = None
     if train:
       if rng is None:
@@ -100,17 +120,7 @@ class CompressionModel(nn.Module):
       targets = y + jax.random.uniform(noise_rng, y.shape, minval=-0.5, maxval=0.5)
     else:
       targets = y_hat
-    target_tokens, _ = patches.to_patches(targets, c.patch_size)
-    rate = self.entropy_model.rate(tokens, target_tokens, rng=mask_rng, train=train)
-    token_bits = jnp.sum(rate.bits, axis=-1)  # (N, L)
-    paid = rate.paid & valid
-    # A kind may pay only some tokens (MT: the masked ones): scale each patch's
-    # mean bits per paid token to all of its valid tokens, so that every kind
-    # reports bits in the same units.
-    num_valid = jnp.sum(valid, axis=-1)
-    num_paid = jnp.maximum(jnp.sum(paid, axis=-1), 1)
-    patch_bits = jnp.sum(token_bits * paid, axis=-1) * num_valid / num_paid
-    bits = jnp.sum(patch_bits.reshape(b, -1), axis=-1)
+    bits = self.latent_bits(y_hat, targets, mask_rng, train)
     x_hat = self.decode(y_hat)
     mse = jnp.mean(jnp.square(x_hat - image), axis=(1, 2, 3))
     clipped = jnp.clip(x_hat, 0, 255)
