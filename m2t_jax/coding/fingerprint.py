@@ -30,7 +30,7 @@ TRAINING_ONLY = frozenset({
     "adam_b1", "adam_b2", "adam_eps", "weight_decay", "grad_clip_norm", "seed",
     "data", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
     "eval_batch_size", "init_from", "mt_mask_ratio_min", "mt_mask_ratio_max",
-    "transformer.dropout",
+    "transformer.dropout", "train_part",
 })
 
 

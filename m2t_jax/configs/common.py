@@ -135,4 +135,9 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # resumes from its own checkpoint ignores it. Use it to fine-tune another
   # lambda, or to give MT the autoencoder of a trained M2T.
   c.init_from = ""
+  # What a run trains (m2t_jax/train/frozen.py): 'all' (joint RD training),
+  # 'entropy' (only the entropy model, on precomputed latents of init_from's frozen
+  # autoencoder; loss = bpp) or 'decoder' (only D, on the same frozen latents;
+  # loss = lambda * MSE).
+  c.train_part = "all"
   return c

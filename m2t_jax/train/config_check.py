@@ -10,6 +10,7 @@ import ml_collections
 from m2t_jax import model as model_lib
 from m2t_jax.nn.elic import DOWNSCALE
 from m2t_jax.train import data as data_lib
+from m2t_jax.train import frozen
 
 
 def validate_training_config(config: ml_collections.ConfigDict,
@@ -74,6 +75,7 @@ def validate_training_config(config: ml_collections.ConfigDict,
   elif d.source == "tfds" and not d.tfds_name:
     errors.append("data.source='tfds' needs data.tfds_name (an array_record TFDS "
                   "dataset).")
+  errors += frozen.config_problems(config)
   if d.num_workers < 0:
     errors.append(f"data.num_workers={d.num_workers} must be >= 0.")
   if errors:

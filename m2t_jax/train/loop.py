@@ -15,6 +15,7 @@ from absl import logging
 
 from m2t_jax import model as model_lib
 from m2t_jax.train import data as data_lib
+from m2t_jax.train import frozen
 from m2t_jax.train.checkpoints import Preemption, checkpoint_manager
 from m2t_jax.train.config_check import validate_training_config
 from m2t_jax.train.metrics_writer import MetricWriter, log_train_record, summarise
@@ -51,10 +52,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = model_lib.build_model(config)
   optimizer = make_optimizer(config)
-  train_iter = iter(data_lib.train_dataset(config))
   val_images = data_lib.eval_images(config)
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
-  host_state = _initial_state(config, optimizer, manager, train_iter)
+  host_state, resumed = _initial_state(config, optimizer, manager)
+  # A frozen-autoencoder run's stream needs the autoencoder (train.frozen).
+  train_iter = iter(data_lib.train_dataset(config) if frozen.part(config) == "all"
+                    else frozen.latent_dataset(config, host_state.params, workdir))
+  if resumed is not None:
+    manager.restore(resumed, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(train_iter)))
   step = int(host_state.step)
   logging.info("Parameters: %d",
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(host_state.params)))
@@ -99,9 +105,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   window_start, window_step = time.time(), step
   try:
     while step < config.num_steps:
-      images = next(train_iter)  # (batch_size / num_hosts, crop, crop, 3) uint8
-      images = images.reshape(num_local, -1, *images.shape[1:])
-      state, metrics = p_train_step(state, images, key)
+      # (batch_size / num_hosts, crop, crop, 3) uint8, or a frozen part's batch
+      batch = jax.tree.map(lambda a: a.reshape(num_local, -1, *a.shape[1:]),
+                           next(train_iter))
+      state, metrics = p_train_step(state, batch, key)
       step += 1
       window.append(metrics)
       if step % config.log_every == 0 or step == config.num_steps:
@@ -144,27 +151,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "train_metrics": train_record, "eval_metrics": eval_record}
 
 
-def _initial_state(config, optimizer, manager: ocp.CheckpointManager,
-                   train_iter) -> TrainState:
-  """The host state to start from: the latest checkpoint of ``manager`` (which
-  also restores ``train_iter``'s position), else a fresh state, warm-started
-  from config.init_from when it is set."""
+def _initial_state(config, optimizer, manager: ocp.CheckpointManager):
+  """(host state, step resumed from or None): the state of the latest checkpoint
+  of ``manager`` (its data iterator position is restored by the caller), else a
+  fresh state, warm-started from config.init_from when it is set."""
   host_state = create_train_state(config, optimizer)  # also the restore target
   latest = manager.latest_step()
   if latest is not None:
     restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(host_state),
-        data=grain.checkpoint.CheckpointRestore(train_iter)))
+        state=ocp.args.StandardRestore(host_state)))
     logging.info("Resumed from the checkpoint at step %d.", latest)
-    return restored["state"]
+    return restored["state"], latest
   if config.init_from:
     params, copied, kept = warm_start_params(host_state.params, config.init_from)
+    frozen.check_warm_start(config, kept)
     # Fresh optimizer moments: the source's training is a different problem.
     host_state = host_state.replace(params=params, opt_state=optimizer.init(params))
     logging.info("Warm start from %s: %d parameter arrays copied, %d kept at their "
                  "initial values%s", config.init_from, len(copied), len(kept),
                  (": " + ", ".join(kept)) if kept else ".")
-  return host_state
+  return host_state, None
 
 
 def export_model(config, params, path: str) -> None:

@@ -64,13 +64,16 @@ def _tensorboard_writer(logdir: str):
 def summarise(window: list[dict]) -> dict:
   """Means of the finite steps of a window of per-step metrics (host values).
 
-  Returns loss, bpp, mse, psnr, grad_norm (None when no step was finite), the
-  last step's lmbda and lr, and nonfinite_steps (skipped updates in the window).
+  Returns loss, bpp, mse, psnr, grad_norm (None when no step was finite; bpp,
+  mse and psnr only where the steps report them: a frozen-autoencoder run trains
+  the rate or the distortion alone), the last step's lmbda and lr, and
+  nonfinite_steps (skipped updates in the window).
   """
   finite = [m for m in window if bool(m["finite"])]
   out = {}
   for k in ("loss", "bpp", "mse", "psnr", "grad_norm"):
-    out[k] = float(np.mean([float(m[k]) for m in finite])) if finite else None
+    if k in window[0]:
+      out[k] = float(np.mean([float(m[k]) for m in finite])) if finite else None
   out["lmbda"] = float(window[-1]["lmbda"])
   out["lr"] = float(window[-1]["lr"])
   out["nonfinite_steps"] = len(window) - len(finite)
@@ -91,8 +94,10 @@ def log_train_record(record: dict, num_steps: int) -> None:
                     "updates skipped (%d in total).", record["nonfinite_steps"], step,
                     record["skipped_total"])
   if record["loss"] is not None:
+    rate = f" bpp {record['bpp']:.4f}" if "bpp" in record else ""
+    psnr = f" PSNR {record['psnr']:.2f} dB" if "psnr" in record else ""
     logging.info(
-        "step %d/%d: loss %.4f bpp %.4f PSNR %.2f dB lambda %.4g lr %.3g "
-        "grad_norm %.3g | %.2f steps/s, ETA %s", step, num_steps,
-        record["loss"], record["bpp"], record["psnr"], record["lmbda"], record["lr"],
-        record["grad_norm"], record["steps_per_sec"], format_eta(record["eta_s"]))
+        "step %d/%d: loss %.4f%s%s lambda %.4g lr %.3g grad_norm %.3g | %.2f steps/s, "
+        "ETA %s", step, num_steps, record["loss"], rate, psnr, record["lmbda"],
+        record["lr"], record["grad_norm"], record["steps_per_sec"],
+        format_eta(record["eta_s"]))

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from m2t_jax.train import frozen
+
 
 def learning_rate_at_step(config, step) -> jax.Array:
   """LR of update ``step`` (0-based, int or traced int32) -> () float32.
@@ -30,9 +32,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
   ``-lr * make_optimizer(config).update(...)`` is optax.adamw(lr, b1, b2, eps,
   weight_decay) after optax.clip_by_global_norm: the weight decay is applied as
   ``lr(t) * weight_decay * p``, i.e. scaled by the LR schedule, as VCT does.
+  With ``config.train_part`` 'entropy' or 'decoder' this applies to that part's
+  parameters only; the others get zero updates (``train.frozen``).
   """
-  return optax.chain(
+  return frozen.wrap_optimizer(config, optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
       optax.add_decayed_weights(config.weight_decay),
-  )
+  ))

@@ -13,6 +13,7 @@ import optax
 from m2t_jax import model as model_lib
 from m2t_jax.coding.entropy_coder import EntropyCoder
 from m2t_jax.entropy import registry
+from m2t_jax.train import frozen
 from m2t_jax.train.optim import learning_rate_at_step, make_optimizer
 from m2t_jax.train.state import TrainState
 
@@ -25,12 +26,15 @@ def make_train_step(config, model=None, optimizer=None):
 
   The step maps (state, images, key) -> (state, metrics):
     state: this device's TrainState.
-    images: uint8 (B_dev, H, W, 3), this device's crops (0..255).
+    images: uint8 (B_dev, H, W, 3), this device's crops (0..255); with
+      config.train_part 'entropy' or 'decoder', that part's batch instead
+      (``train.frozen``).
     key: the run's PRNG key, the same on every device (in_axes None). Device d
       draws from ``fold_in(fold_in(key, step), d)``, d the global device index:
       no random state to carry or checkpoint, and a resumed run draws the same.
     metrics: () float32 each, means over all devices: loss (bpp + lambda * MSE),
-      bpp (estimated bits per pixel), mse (0..255 scale), psnr (dB), lmbda, lr,
+      bpp (estimated bits per pixel), mse (0..255 scale), psnr (dB) (those the
+      part computes: 'entropy' has no mse/psnr, 'decoder' no bpp), lmbda, lr,
       grad_norm (global L2 norm before clipping); finite () bool: whether the
       update was applied.
   A step whose loss or gradient norm is not finite keeps params and optimizer
@@ -38,20 +42,16 @@ def make_train_step(config, model=None, optimizer=None):
   """
   model = model or model_lib.build_model(config)
   optimizer = optimizer or make_optimizer(config)
+  loss_fn = (_joint_loss(model) if frozen.part(config) == "all"
+             else frozen.loss_fn(config, model))
 
   def train_step(state: TrainState, images, key):
     step = state.step
     rng = jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index(AXIS))
-    noise_rng, dropout_rng = jax.random.split(rng)
     lmbda = model_lib.lmbda_at_step(config, step)
-    x = images.astype(jnp.float32)
 
-    def loss_fn(params):
-      out = model.apply({"params": params}, x, noise_rng, train=True,
-                        rngs={"dropout": dropout_rng})
-      return model_lib.rd_loss(out, lmbda), out
-
-    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, images, rng, lmbda)
     grads = jax.lax.pmean(grads, AXIS)
     loss = jax.lax.pmean(loss, AXIS)
     grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
@@ -67,12 +67,22 @@ def make_train_step(config, model=None, optimizer=None):
         opt_state=keep(opt_state, state.opt_state),
         num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
     mean = lambda v: jax.lax.pmean(jnp.mean(v), AXIS)
-    metrics = {"loss": loss, "bpp": mean(out["bpp"]), "mse": mean(out["mse"]),
-               "psnr": mean(out["psnr"]), "lmbda": lmbda, "lr": lr,
-               "grad_norm": grad_norm, "finite": finite}
+    metrics = {"loss": loss, **{k: mean(v) for k, v in out.items()}, "lmbda": lmbda,
+               "lr": lr, "grad_norm": grad_norm, "finite": finite}
     return new_state, metrics
 
   return train_step
+
+
+def _joint_loss(model):
+  """(params, images uint8 (B, H, W, 3), rng, lmbda) -> (RD loss, per-image bpp,
+  mse, psnr): the joint training of SPEC §1."""
+  def loss_fn(params, images, rng, lmbda):
+    noise_rng, dropout_rng = jax.random.split(rng)
+    out = model.apply({"params": params}, images.astype(jnp.float32), noise_rng,
+                      train=True, rngs={"dropout": dropout_rng})
+    return model_lib.rd_loss(out, lmbda), {k: out[k] for k in ("bpp", "mse", "psnr")}
+  return loss_fn
 
 
 def one_pass_is_schedule(config) -> bool:

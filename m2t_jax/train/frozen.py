@@ -1,0 +1,241 @@
+"""Training one part of a model on the latents of a frozen autoencoder.
+
+``config.train_part`` picks what a run trains:
+
+* ``'all'`` (default): the joint rate-distortion training of SPEC §1.
+* ``'entropy'``: only the entropy model, on the latents y_hat = round(E(x)) of a
+  fixed autoencoder, the one of ``config.init_from`` (a model folder or a shipped
+  model's name; required). The latents of every training image *and of its
+  left-right mirror* (E of the mirrored image, so the flip augmentation is exact
+  rather than a mirrored latent, which E would not produce) are computed once when
+  the run starts and cached in the workdir; each step draws random crops of
+  crop_size / 16 latent cells, so no ELIC pass runs per step. The loss is the
+  bits per pixel of those crops with y_hat itself as the target (exactly what the
+  range coder pays; joint training pays for y + uniform noise instead).
+* ``'decoder'``: only the synthesis transform D, on the same frozen y_hat: the
+  loss is lambda * MSE (0..255) of D(y_hat) against the image crop at the same
+  place (crops aligned to 16 pixels; the rate does not depend on D).
+
+Every other parameter is frozen: the optimizer gives it a zero update
+(``optax.multi_transform`` with ``optax.set_to_zero``, no Adam moments), so it
+stays bit-identical, and the warm start must have copied all of it from
+``init_from`` (checked). Everything else is as for any run: the same absl
+command line, orbax checkpoints with the grain iterator's position (resumes give
+the batches an uninterrupted run would see), evaluation of the whole model on the
+validation crops, and the exported model at the end. Because every kind trained
+this way on the same ``init_from`` codes the same y_hat, their reconstructions
+are identical and their real bytes alone rank them
+(``experiments/entropy_benchmark.py``).
+"""
+
+import hashlib
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from m2t_jax import model as model_lib
+from m2t_jax.nn.elic import DOWNSCALE
+from m2t_jax.train import data as data_lib
+
+# train_part -> the top-level parameter collections it trains; and those that
+# must come from init_from (everything the part reads but does not train).
+TRAINED = {"all": None, "entropy": ("entropy_model",), "decoder": ("synthesis",)}
+FROM_SOURCE = {"all": (), "entropy": ("analysis", "synthesis"),
+               "decoder": ("analysis", "entropy_model")}
+PARTS = tuple(TRAINED)
+
+
+def part(config) -> str:
+  return config.get("train_part", "all")
+
+
+def config_problems(config) -> list[str]:
+  """The impossible settings of the train_part fields (for validate_training_config)."""
+  p = part(config)
+  if p not in TRAINED:
+    return [f"train_part={p!r} must be one of {PARTS}."]
+  if p != "all" and not config.init_from:
+    return [f"train_part={p!r} trains on the latents of a fixed autoencoder: set "
+            "init_from to a model folder (a run's workdir/model) or a shipped model's "
+            "name, whose autoencoder is used."]
+  return []
+
+
+def wrap_optimizer(config, optimizer: optax.GradientTransformation
+                   ) -> optax.GradientTransformation:
+  """``optimizer`` for the trained collections, zero updates for the rest."""
+  trained = TRAINED[part(config)]
+  if trained is None:
+    return optimizer
+  labels = lambda params: {k: jax.tree.map(lambda _, k=k: "train" if k in trained
+                                           else "freeze", v)
+                           for k, v in params.items()}
+  return optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},
+                               labels)
+
+
+def check_warm_start(config, kept: list[str]) -> None:
+  """ValueError if the warm start left a parameter this part needs from init_from
+  (``kept``: keystr paths of the leaves not copied) at its initial value."""
+  missing = [k for k in kept
+             if any(k.startswith(f"['{c}']") for c in FROM_SOURCE[part(config)])]
+  if missing:
+    raise ValueError(
+        f"train_part={part(config)!r} needs the autoencoder (and, for 'decoder', the "
+        f"entropy model) of init_from={config.init_from!r}, but {len(missing)} of "
+        f"those parameters have no match there (e.g. {missing[0]}): is it a model "
+        "of another size?")
+
+
+# --------------------------------------------------------------------------- #
+# Latents, computed once.
+# --------------------------------------------------------------------------- #
+
+
+def _pad16(image: np.ndarray) -> np.ndarray:
+  """Edge-pads (H, W, 3) to multiples of 16, as the codec does."""
+  h, w, _ = image.shape
+  return np.pad(image, ((0, -h % DOWNSCALE), (0, -w % DOWNSCALE), (0, 0)), mode="edge")
+
+
+def compute_latents(config, params, images) -> list[np.ndarray]:
+  """y_hat = round(E(x)) (h, w, C) int16 of each image and of its mirror, in the
+  order image 0, mirror 0, image 1, ... (images: a sequence of uint8 (H, W, 3))."""
+  model = model_lib.build_model(config)
+  encode = jax.jit(lambda p, x: jnp.round(model.apply(
+      {"params": p}, x, method=model_lib.CompressionModel.encode)))
+  out = []
+  for image in images:
+    for view in (image, image[:, ::-1]):
+      x = jnp.asarray(_pad16(np.ascontiguousarray(view))[None], jnp.float32)
+      y = np.asarray(encode(params, x))[0]
+      if np.abs(y).max(initial=0) > np.iinfo(np.int16).max:
+        raise ValueError("A latent does not fit int16; is init_from a trained model?")
+      out.append(y.astype(np.int16))
+  return out
+
+
+def _digest(params, num_images: int, shard: int) -> str:
+  h = hashlib.sha256(f"{num_images}/{shard}".encode())
+  for leaf in jax.tree.leaves(params["analysis"]):
+    h.update(np.asarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+def cached_latents(config, params, images, workdir: str | None, shard: int
+                   ) -> list[np.ndarray]:
+  """``compute_latents``, cached in ``workdir`` under a digest of E's parameters
+  and the images' count, so that a resumed run starts without recomputing."""
+  path = None
+  if workdir:
+    path = os.path.join(workdir, f"frozen_latents_{_digest(params, len(images), shard)}.npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        return [f[f"y{i}"] for i in range(len(f.files))]
+  latents = compute_latents(config, params, images)
+  if path:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{f"y{i}": y for i, y in enumerate(latents)})
+    os.replace(tmp, path)
+  logging.info("Latents of %d training images and their mirrors computed%s.",
+               len(images), f" and cached in {path}" if path else "")
+  return latents
+
+
+def _pad_latent(y: np.ndarray, size: int) -> np.ndarray:
+  h, w, _ = y.shape
+  return np.pad(y, ((0, max(size - h, 0)), (0, max(size - w, 0)), (0, 0)),
+                mode="symmetric")
+
+
+class LatentCrop(grain.transforms.RandomMap):
+  """(y_hat) or (image, y_hat) -> a random crop of ``cells`` x ``cells`` latent
+  cells (and the 16x larger image crop at the same place)."""
+
+  def __init__(self, cells: int):
+    self.cells = cells
+
+  def random_map(self, element, rng: np.random.Generator):
+    image, y = element if isinstance(element, tuple) else (None, element)
+    y = _pad_latent(y, self.cells)
+    h, w, _ = y.shape
+    top, left = rng.integers(0, h - self.cells + 1), rng.integers(0, w - self.cells + 1)
+    crop = np.ascontiguousarray(y[top:top + self.cells, left:left + self.cells])
+    if image is None:
+      return crop
+    image = data_lib.pad_to_size(image, self.cells * DOWNSCALE)
+    s = DOWNSCALE
+    return (np.ascontiguousarray(image[top * s:(top + self.cells) * s,
+                                       left * s:(left + self.cells) * s]), crop)
+
+
+def latent_dataset(config, params, workdir: str | None = None,
+                   shard: grain.sharding.ShardOptions | None = None,
+                   source=None) -> grain.IterDataset:
+  """The endless training stream of a frozen-autoencoder run, for this host.
+
+  Elements: 'entropy': int16 (B_host, c, c, C) latent crops, c = crop_size / 16;
+  'decoder': (uint8 (B_host, crop, crop, 3), int16 (B_host, c, c, C)) pairs.
+  params: the model's (its 'analysis' computes the latents). Images are shared
+  between hosts as in ``data.train_dataset``.
+  """
+  shard = shard or data_lib.shard_options()
+  host_batch = config.batch_size // shard.shard_count
+  ds = data_lib.image_source(config, "train") if source is None else source
+  per_host = len(ds) // shard.shard_count
+  if per_host == 0:
+    raise ValueError(f"{len(ds)} training images cannot be shared by "
+                     f"{shard.shard_count} hosts: each host needs at least one.")
+  images = [_pad16(ds[i]) for i in range(shard.shard_index, per_host * shard.shard_count,
+                                         shard.shard_count)]
+  latents = cached_latents(config, params, images, workdir, shard.shard_index)
+  if part(config) == "decoder":
+    # latents = image 0, mirror 0, image 1, ...: pair each with its pixels.
+    views = [v for image in images for v in (image, np.ascontiguousarray(image[:, ::-1]))]
+    elements = list(zip(views, latents, strict=True))
+  else:
+    elements = latents
+  seed = int(np.random.SeedSequence([config.seed, shard.shard_index, 7])
+             .generate_state(1)[0])
+  ds = grain.MapDataset.source(elements).shuffle(seed=config.seed % 2**32).repeat()
+  ds = ds.random_map(LatentCrop(config.crop_size // DOWNSCALE), seed=seed)
+  return ds.to_iter_dataset().batch(host_batch, drop_remainder=True)
+
+
+# --------------------------------------------------------------------------- #
+# Losses.
+# --------------------------------------------------------------------------- #
+
+
+def loss_fn(config, model):
+  """(params, batch, rng, lmbda) -> (loss, metrics {name: (B,)}) of this part,
+  for ``train.step.make_train_step``."""
+  pixels = (config.crop_size) ** 2
+
+  def entropy(params, y_hat, rng, lmbda):
+    del lmbda
+    mask_rng, dropout_rng = jax.random.split(rng)
+    y = y_hat.astype(jnp.float32)
+    bits = model.apply({"params": params}, y, y, mask_rng, True,
+                       method=model_lib.CompressionModel.latent_bits,
+                       rngs={"dropout": dropout_rng})
+    bpp = bits / pixels
+    return jnp.mean(bpp), {"bpp": bpp}
+
+  def decoder(params, batch, rng, lmbda):
+    del rng, lmbda  # the warm-up of lambda only rescales this loss
+    images, y_hat = batch
+    x_hat = model.apply({"params": params}, y_hat.astype(jnp.float32),
+                        method=model_lib.CompressionModel.decode)
+    x = images.astype(jnp.float32)
+    mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))
+    clipped = jnp.mean(jnp.square(jnp.clip(x_hat, 0, 255) - x), axis=(1, 2, 3))
+    psnr = 10 * jnp.log10(255.0**2 / jnp.maximum(clipped, 1e-10))
+    return config.lmbda * jnp.mean(mse), {"mse": mse, "psnr": psnr}
+
+  return {"entropy": entropy, "decoder": decoder}[part(config)]

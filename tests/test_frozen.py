@@ -1,0 +1,158 @@
+"""Training one part on a frozen autoencoder's latents (``train_part``,
+``m2t_jax/train/frozen.py``): only that part changes, bit for bit; it learns; two
+kinds trained on the same autoencoder code the same latent; runs resume exactly.
+
+The runs are in-process (one CPU device) on the tiny configs and scikit-image's
+photos; a random tiny M2T saved to disk is the frozen source.
+"""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from m2t_jax import Codec, configs, model as model_lib, saved_model, train
+from m2t_jax.coding.entropy_coder import EntropyCoder
+from m2t_jax.train import frozen
+
+PHOTOS = ("astronaut", "coffee", "chelsea")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("photos")
+  for name in PHOTOS:
+    Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.png")
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  """A random tiny M2T model folder (the frozen autoencoder) and its params."""
+  config = configs.get_config("m2t", "tiny")
+  params = jax.device_get(model_lib.init_params(config, seed=3))
+  path = str(tmp_path_factory.mktemp("source") / "model")
+  saved_model.save_params(path, config, params)
+  return path, params
+
+
+def _config(kind, part, source_path, photos, steps, **fields):
+  config = configs.get_config(kind, "tiny")
+  config.train_part = part
+  config.init_from = source_path
+  config.data.train_dir = photos
+  config.crop_size = 64  # 4 x 4 latent cells: one tiny patch
+  config.batch_size = 4
+  config.num_steps = steps
+  config.warmup_steps = 0
+  config.learning_rate = 3e-3
+  config.lmbda_warmup_factor = 1.0
+  config.checkpoint_every = steps
+  config.log_every = steps
+  config.eval_every = 0
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+def _leaves(tree):
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _same(a, b) -> bool:
+  a, b = _leaves(a), _leaves(b)
+  return a.keys() == b.keys() and all(
+      a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
+def _latents(params, config):
+  """The source autoencoder's y_hat of each photo, as EntropyCoder input."""
+  codec = Codec(config, params)
+  return [codec.analyze(getattr(skimage.data, n)()) for n in PHOTOS]
+
+
+@pytest.fixture(scope="module")
+def entropy_run(source, photos, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("entropy_run"))
+  config = _config("m2t", "entropy", source[0], photos, 50)
+  result = train.train_and_evaluate(config, workdir)
+  _, params = saved_model.load_params(os.path.join(workdir, "model"))
+  return config, workdir, params, result
+
+
+def test_entropy_part_changes_only_the_entropy_model_and_lowers_its_bits(source,
+                                                                        entropy_run):
+  config, _, trained, _ = entropy_run
+  _, initial = source
+  for name in ("analysis", "synthesis"):
+    assert _same(trained[name], initial[name]), name
+  assert not _same(trained["entropy_model"], initial["entropy_model"])
+  # Bits of the real coding schedule on the full photos' latents, before and after
+  # (EntropyCoder, not the training loss).
+  latents = _latents(initial, config)
+  before = sum(EntropyCoder(config, initial["entropy_model"]).estimate_bits(y)
+               for y in latents)
+  after = sum(EntropyCoder(config, trained["entropy_model"]).estimate_bits(y)
+              for y in latents)
+  assert after < 0.8 * before, (before, after)
+
+
+def test_two_kinds_on_the_same_latents_decode_to_the_same_image(source, photos,
+                                                                entropy_run,
+                                                                tmp_path):
+  _, m2t_dir, _, _ = entropy_run
+  config = _config("mt", "entropy", source[0], photos, 4)
+  train.train_and_evaluate(config, str(tmp_path))
+  image = skimage.data.coffee()[:200, :300]
+  m2t = Codec.load(os.path.join(m2t_dir, "model"))
+  mt = Codec.load(str(tmp_path / "model"))
+  data_m2t, data_mt = m2t.compress(image), mt.compress(image)
+  assert data_m2t != data_mt  # two entropy models ...
+  assert np.array_equal(m2t.decompress(data_m2t), mt.decompress(data_mt))  # ... one y_hat
+
+
+def test_decoder_part_changes_only_the_decoder_and_lowers_its_mse(source, photos,
+                                                                  tmp_path):
+  _, initial = source
+  config = _config("m2t", "decoder", source[0], photos, 30)
+  train.train_and_evaluate(config, str(tmp_path))
+  _, trained = saved_model.load_params(str(tmp_path / "model"))
+  for name in ("analysis", "entropy_model"):
+    assert _same(trained[name], initial[name]), name
+  image = skimage.data.chelsea()
+  mse = lambda params: np.mean(np.square(
+      Codec(config, params).decompress(Codec(config, params).compress(image))
+      .astype(float) - image))
+  assert mse(trained) < 0.5 * mse(initial)
+
+
+def test_resumed_run_equals_the_uninterrupted_one(source, photos, tmp_path):
+  config = _config("m2t", "entropy", source[0], photos, 8, checkpoint_every=4)
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(config, workdir)
+  assert any(f.startswith("frozen_latents_") for f in os.listdir(workdir))
+  # Forget the last checkpoint and the export: the rerun resumes from step 4
+  # (latents from the workdir's cache, the stream from the checkpoint).
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+  shutil.rmtree(os.path.join(workdir, "model"))
+  second = train.train_and_evaluate(config, workdir)
+  assert second["step"] == 8
+  assert _same(first["state"].params, second["state"].params)
+
+
+def test_impossible_part_settings_are_refused(source, photos):
+  config = _config("m2t", "entropy", "", photos, 5)
+  with pytest.raises(ValueError, match="init_from"):
+    train.validate_training_config(config)
+  config = _config("m2t", "encoder", source[0], photos, 5)
+  with pytest.raises(ValueError, match="train_part='encoder'"):
+    train.validate_training_config(config)
+  config = _config("m2t", "decoder", source[0], photos, 5)
+  with pytest.raises(ValueError, match="entropy model"):
+    frozen.check_warm_start(config, ["['entropy_model']['head']['kernel']"])
+  frozen.check_warm_start(config, ["['synthesis']['conv_0']['kernel']"])  # trained
