@@ -1,0 +1,271 @@
+"""Entropy-model benchmark: every kind trained for the same steps and batch on the
+same latents (one frozen autoencoder), ranked by real bytes.
+
+  python experiments/entropy_benchmark.py --source m2t-small-l0.0025 \
+      --train-dir TRAIN --val-dir VAL --steps 2000 --eval-steps 250 500 1000 2000 \
+      --workdir workdirs/entropy_benchmark \
+      --output experiments/results/entropy_benchmark
+
+Each entry of --models is ``kind[:S=n][:field=value...]`` on the --size config
+(``m2t:S=4`` sets schedule.num_steps = 4 for training and coding; MT is trained
+once with random masks and coded at every S of --mt-steps). Each is trained with
+``python -m m2t_jax.train --config.train_part=entropy --config.init_from=SOURCE``
+(``m2t_jax/train/frozen.py``) in its own workdir under --workdir, so an
+interrupted benchmark resumes where it stopped and a finished model is not
+trained again. All models then code the *same* y_hat: their reconstructions are
+identical (checked: ``same_reconstruction``) and their bytes alone rank them.
+
+For every model and every --eval-steps checkpoint: real bytes of every
+validation photo (bpp per photo, mean, min/max), Δ% vs MT at the same S; at the
+last step also the transformer decode time (decode steps alone) and the full
+decode time of the first validation photo, XLA FLOPs of the decode steps per
+image, and the entropy model's parameter count. The ranking at each evaluated
+step shows when it stops changing. Writes JSON (--output.json), a markdown table
+(.md) and a bpp-vs-decode-time plot (.png).
+
+A kind may offer decode variants through ``EntropyCoder.compress(...,
+size_schedule=...)`` (nested M2T); pass them as ``--variants kind=name,name``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_decode  # noqa: E402
+
+from m2t_jax import Codec, images, train  # noqa: E402
+from m2t_jax.entropy import patches  # noqa: E402
+
+
+def parse_model(spec: str) -> tuple[str, dict]:
+  """'m2t:S=4:gmm.num_mixtures=5' -> ('m2t', {'schedule.num_steps': '4', ...})."""
+  kind, *fields = spec.split(":")
+  overrides = {}
+  for field in fields:
+    key, _, value = field.partition("=")
+    if not value:
+      raise SystemExit(f"--models {spec!r}: expected key=value after the kind")
+    overrides["schedule.num_steps" if key == "S" else key] = value
+  return kind, overrides
+
+
+def train_model(spec, args, workdir) -> None:
+  """Trains (or resumes) one model; does nothing when its last step exists."""
+  kind, overrides = parse_model(spec)
+  if train.latest_step(workdir) == args.steps:
+    return
+  every = int(np.gcd.reduce(args.eval_steps))
+  cmd = [sys.executable, "-m", "m2t_jax.train",
+         f"--config=m2t_jax/configs/{kind}.py:{args.size}", f"--workdir={workdir}",
+         "--config.train_part=entropy", f"--config.init_from={args.source}",
+         f"--config.data.train_dir={args.train_dir}", f"--config.num_steps={args.steps}",
+         f"--config.batch_size={args.batch_size}",
+         f"--config.learning_rate={args.learning_rate}",
+         f"--config.warmup_steps={args.warmup_steps}",
+         f"--config.checkpoint_every={every}",
+         f"--config.keep_checkpoints={len(args.eval_steps) + 1}",
+         "--config.eval_every=0", "--config.log_every=50",
+         *(f"--config.{k}={v}" for k, v in overrides.items())]
+  print("+", " ".join(cmd), file=sys.stderr, flush=True)
+  t0 = time.time()
+  subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  with open(os.path.join(workdir, "train_time.json"), "a") as f:
+    f.write(json.dumps({"seconds": time.time() - t0, "device": jax.devices()[0].device_kind})
+            + "\n")
+
+
+def saved_steps(workdir) -> list[int]:
+  if train.latest_step(workdir) is None:
+    return []
+  manager = train.checkpoint_manager(workdir)
+  try:
+    return list(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def decode_flops(codec, valid) -> float | None:
+  """XLA's FLOPs of the decode steps (decode_step only) for patches ``valid``."""
+  model, params = codec.entropy_model, codec.params["entropy_model"]
+  fn = jax.jit(lambda p, s, i: model.apply({"params": p}, s, i, method="decode_step"),
+               static_argnums=2 if model.static_steps else ())
+  state, total = model.init_decode_state(valid), 0.0
+  for i, planned in enumerate(model.coding_plan()):
+    step = i if model.static_steps else np.int32(i)
+    cost = fn.lower(params, state, step).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    if not cost or "flops" not in cost:
+      return None
+    total += float(cost["flops"])
+    cells, _, state = fn(params, state, step)
+    if planned.cells is not None:
+      cells = np.broadcast_to(planned.cells, (valid.shape[0], planned.size))
+    else:
+      cells = np.asarray(cells)[:, :planned.size]
+    values = np.zeros((valid.shape[0], planned.size, planned.num_channels), np.float32)
+    state = model.decode_update(state, i, cells, values)
+  return total
+
+
+def evaluate(codec, photos, variant=None) -> dict:
+  """Real bytes of each photo: {'bpp': [...], 'bytes': [...], 'y_hat_crc': [...]}."""
+  out = {"bpp": [], "bytes": []}
+  for _, image in photos:
+    data = (codec.compress(image) if variant is None
+            else codec.compress(image, size_schedule=variant))
+    out["bytes"].append(len(data))
+    out["bpp"].append(8 * len(data) / (image.shape[0] * image.shape[1]))
+  return out
+
+
+def timings(codec, image, repeats: int, variant=None) -> dict:
+  data = (codec.compress(image) if variant is None
+          else codec.compress(image, size_schedule=variant))
+  codec.decompress(data)  # compile
+  full = bench_decode._median_time(lambda: codec.decompress(data), repeats)
+  y_hat = codec.analyze(image)
+  tokens, valid = patches.to_patches(np.asarray(y_hat, np.float32),
+                                     codec.config.patch_size)
+  valid = np.asarray(valid)
+  run = bench_decode._transformer_fn(codec, tokens, valid)
+  jax.block_until_ready(run())
+  return {"full_decode_s": full,
+          "transformer_s": bench_decode._median_time(run, repeats),
+          "decode_flops": decode_flops(codec, valid),
+          "reconstruction": codec.decompress(data)}
+
+
+def rows_for(spec, args, workdir, photos, final: bool, step: int, variants) -> list:
+  kind, _ = parse_model(spec)
+  config, params = train.checkpoint_model(workdir, step)
+  steps_list = args.mt_steps if kind == "mt" else [config.schedule.num_steps]
+  rows = []
+  for s in steps_list:
+    config.schedule.num_steps = s
+    codec = Codec(config, params)
+    for variant in variants.get(kind, [None]):
+      result = evaluate(codec, photos, variant)
+      row = {"model": spec, "kind": kind, "S": s, "variant": variant, "step": step,
+             "bpp_per_photo": result["bpp"], "bpp": float(np.mean(result["bpp"])),
+             "bpp_min": min(result["bpp"]), "bpp_max": max(result["bpp"]),
+             "entropy_params": int(sum(np.size(x) for x in
+                                       jax.tree.leaves(params["entropy_model"])))}
+      if final:
+        row.update(timings(codec, photos[0][1], args.repeats, variant))
+      rows.append(row)
+      print(json.dumps({k: v for k, v in row.items() if k != "reconstruction"}),
+            file=sys.stderr, flush=True)
+  return rows
+
+
+def _name(row) -> str:
+  return (f"{row['model']}" + (f" S={row['S']}" if row["kind"] == "mt" else "")
+          + (f" [{row['variant']}]" if row["variant"] else ""))
+
+
+def markdown(rows, photos, args) -> str:
+  last = [r for r in rows if r["step"] == max(args.eval_steps)]
+  mt = {r["S"]: r["bpp"] for r in last if r["kind"] == "mt"}
+  lines = [f"Validation photos: {', '.join(n for n, _ in photos)}; {args.steps} steps "
+           f"of batch {args.batch_size} on the latents of {args.source}.", "",
+           "| model | S | bpp (mean) | min..max | Δ vs MT same S | transformer s (photo 1) | "
+           "full decode s (photo 1) | decode GFLOPs (photo 1) | entropy params |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in sorted(last, key=lambda r: r["bpp"]):
+    delta = (f"{100 * (r['bpp'] / mt[r['S']] - 1):+.2f}%" if r["S"] in mt else "")
+    flops = f"{r['decode_flops'] / 1e9:.2f}" if r.get("decode_flops") else ""
+    lines.append(f"| {_name(r)} | {r['S']} | {r['bpp']:.4f} | {r['bpp_min']:.3f}.."
+                 f"{r['bpp_max']:.3f} | {delta} | {r.get('transformer_s', 0):.3f} | "
+                 f"{r.get('full_decode_s', 0):.3f} | {flops} | {r['entropy_params']:,} |")
+  lines += ["", "Ranking (best first) at each evaluated step:", ""]
+  for step in args.eval_steps:
+    at = sorted((r for r in rows if r["step"] == step), key=lambda r: r["bpp"])
+    lines.append(f"- step {step}: " + " < ".join(f"{_name(r)} {r['bpp']:.4f}" for r in at))
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, path, last_step):
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in rows:
+    if r["step"] == last_step and "full_decode_s" in r:
+      ax.scatter(r["full_decode_s"], r["bpp"])
+      ax.annotate(_name(r), (r["full_decode_s"], r["bpp"]), fontsize=7)
+  ax.set_xlabel("full decode time of the first validation photo (s)")
+  ax.set_ylabel("bpp (real bytes, mean over validation photos)")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--source", required=True, help="frozen autoencoder: model folder or "
+                 "shipped name")
+  p.add_argument("--train-dir", required=True)
+  p.add_argument("--val-dir", required=True)
+  p.add_argument("--models", nargs="+", default=[
+      "mt", "m2t:S=4", "m2t:S=8", "m2t:S=12", "grouped", "nested"])
+  p.add_argument("--variants", nargs="*", default=["nested=full,fast"],
+                 help="kind=variant,variant: decode variants (size schedules)")
+  p.add_argument("--mt-steps", nargs="+", type=int, default=[4, 8, 12])
+  p.add_argument("--size", default="small")
+  p.add_argument("--steps", type=int, default=2000)
+  p.add_argument("--eval-steps", nargs="+", type=int, default=None)
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--learning-rate", type=float, default=3e-4)
+  p.add_argument("--warmup-steps", type=int, default=100)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--workdir", default="workdirs/entropy_benchmark")
+  p.add_argument("--output", default="experiments/results/entropy_benchmark")
+  p.add_argument("--skip-train", action="store_true", help="evaluate what exists")
+  args = p.parse_args(argv)
+  args.eval_steps = sorted(set(args.eval_steps or [args.steps]) | {args.steps})
+  variants = {}
+  for item in args.variants:
+    kind, _, names = item.partition("=")
+    variants[kind] = names.split(",")
+  photos = [(os.path.basename(f), images.load_image(f))
+            for f in images.list_images(args.val_dir)]
+  rows = []
+  for spec in args.models:
+    workdir = os.path.join(args.workdir, spec.replace(":", "_").replace("=", ""))
+    if not args.skip_train:
+      train_model(spec, args, workdir)
+    for step in args.eval_steps:
+      if step in saved_steps(workdir):
+        rows += rows_for(spec, args, workdir, photos, step == args.steps, step,
+                         variants)
+  recon = [r.pop("reconstruction") for r in rows if "reconstruction" in r]
+  same = all(np.array_equal(recon[0], x) for x in recon)
+  for r in rows:
+    r["same_reconstruction"] = same
+  record = {"source": args.source, "size": args.size, "steps": args.steps,
+            "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+            "validation": [n for n, _ in photos], "device": jax.devices()[0].device_kind,
+            "same_reconstruction": same, "rows": rows}
+  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+  with open(args.output + ".json", "w") as f:
+    json.dump(record, f, indent=1)
+  text = markdown(rows, photos, args)
+  with open(args.output + ".md", "w") as f:
+    f.write(text)
+  plot(rows, args.output + ".png", args.steps)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
