@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from m2t_jax import Codec, configs, saved_model, train
+from m2t_jax import model as model_lib
 from m2t_jax.app import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +112,15 @@ def _wait_for(predicate, proc, timeout=240, what=""):
     time.sleep(0.01)
   proc.kill()
   raise AssertionError(f"Timed out waiting for {what}.")
+
+
+def _random_params(config, seed):
+  """Normal(0, 1) values in the shapes and dtypes of ``config``'s parameters."""
+  model = model_lib.build_model(config)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 
 
 def _tiny(**overrides):
@@ -227,13 +237,14 @@ def test_warm_start_copies_matching_parameters_only(tmp_path):
   # An M2T model saved to disk warm-starts an MT model of the same size: the
   # autoencoder (same paths and shapes) is copied, MT's own parameters keep
   # their fresh values; a model of another size matches nothing and is refused.
+  # Random values in the models' parameter shapes (jax.eval_shape: no compile);
+  # warm starting only looks at paths, shapes and values.
   source_config = _tiny()
-  source = train.create_train_state(source_config).params
+  source = _random_params(source_config, 0)
   saved_model.save_params(str(tmp_path / "m2t"), source_config, source)
   mt_config = _tiny()
   mt_config.model = "mt"
-  mt_config.seed = 7
-  fresh = train.create_train_state(mt_config).params
+  fresh = _random_params(mt_config, 7)
   warm, copied, kept = train.warm_start_params(fresh, str(tmp_path / "m2t"))
   flat = lambda t: {jax.tree_util.keystr(p): np.asarray(v)
                     for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
@@ -253,8 +264,7 @@ def test_warm_start_copies_matching_parameters_only(tmp_path):
   other.transformer.d_model = 12
   other.transformer.mlp_dim = 24
   other.transformer.num_heads = 2
-  saved_model.save_params(str(tmp_path / "other"), other,
-                          train.create_train_state(other).params)
+  saved_model.save_params(str(tmp_path / "other"), other, _random_params(other, 1))
   with pytest.raises(ValueError, match="parameters have a match of the same path and shape"):
     train.warm_start_params(fresh, str(tmp_path / "other"))
 
