@@ -69,6 +69,9 @@ def _train_cmd(workdir, photos, *overrides):
           "--config=m2t_jax/configs/m2t.py:tiny", f"--workdir={workdir}",
           "--config.crop_size=64", f"--config.num_steps={NUM_STEPS}",
           "--config.lmbda_warmup_factor=1.0",  # constant lambda: losses comparable
+          # Smaller than tiny (one residual block, one layer): compiles in half
+          # the time, and what these runs test does not depend on depth.
+          "--config.elic.num_res_blocks=1", "--config.transformer.num_layers=1",
           f"--config.data.train_dir={photos}", *overrides]
 
 
@@ -468,10 +471,7 @@ def test_two_processes_with_jax_distributed(tmp_path, photos, compile_cache):
   env = _env(compile_cache, devices=1)
   port = _free_port()
   procs = [subprocess.Popen(
-      # A smaller model than tiny (one residual block, one layer): two processes
-      # compile at the same time on a 2-core machine.
       _train_cmd(workdir, photos, "--config.num_steps=100000", "--config.log_every=1",
-                 "--config.elic.num_res_blocks=1", "--config.transformer.num_layers=1",
                  "--config.checkpoint_every=3", f"--coordinator_address=localhost:{port}",
                  "--num_processes=2", f"--process_id={i}"),
       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
