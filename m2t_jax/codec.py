@@ -28,14 +28,13 @@ refused (``StreamTooLargeError``) before anything is allocated.
 
 import time
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from m2t_jax import model as model_lib
 from m2t_jax import saved_model
-from m2t_jax.coding import bitstream
+from m2t_jax.coding import bitstream, determinism
 from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
                                       StreamTooLargeError)
 from m2t_jax.coding.entropy_coder import EntropyCoder, LatentError, check_latent
@@ -86,9 +85,9 @@ class Codec:
     # carry the whole model's, so neither kind of stream decodes as the other.
     self.entropy_coder = EntropyCoder(self.config, params["entropy_model"])
     self.entropy_model = self.entropy_coder.model
-    self._encode = jax.jit(lambda p, x: jnp.round(self.model.apply(
+    self._encode = determinism.jit(lambda p, x: jnp.round(self.model.apply(
         {"params": p}, model_lib.pad_to_multiple(x), method=model_lib.CompressionModel.encode)))
-    self._synthesize = jax.jit(lambda p, y: jnp.clip(jnp.round(self.model.apply(
+    self._synthesize = determinism.jit(lambda p, y: jnp.clip(jnp.round(self.model.apply(
         {"params": p}, y, method=model_lib.CompressionModel.decode)), 0, 255).astype(jnp.uint8))
 
   # --- construction -----------------------------------------------------------

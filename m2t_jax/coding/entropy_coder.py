@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from m2t_jax import saved_model
-from m2t_jax.coding import bitstream, range_coder, tables
+from m2t_jax.coding import bitstream, determinism, range_coder, tables
 from m2t_jax.coding.bitstream import BitstreamError, DecodeMismatchError, check_size
 from m2t_jax.coding.fingerprint import fingerprint
 from m2t_jax.coding.steps import CodingLoop, element_bits
@@ -338,7 +338,7 @@ class EntropyCoder:
     y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), self.config.patch_size)
     if not hasattr(self, "_rate_fn"):
-      self._rate_fn = jax.jit(lambda p, t: self.model.apply({"params": p}, t, t,
+      self._rate_fn = determinism.jit(lambda p, t: self.model.apply({"params": p}, t, t,
                                                             method="rate").bits)
     elem = self._rate_fn(self.params, tokens)
     return float(jnp.sum(elem * valid[..., None]))

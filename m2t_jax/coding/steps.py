@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax.coding import tables
+from m2t_jax.coding import determinism, tables
 from m2t_jax.entropy import base, gmm
 
 
@@ -133,10 +133,10 @@ def step_fn(model: base.EntropyModel, config):
     centers, pmf = tables.narrow_tables(mixture, config)
     return cells, centers, pmf, mixture, state
   static = (2,) if model.static_steps else ()
-  return jax.jit(step, static_argnums=static, donate_argnums=1)
+  return determinism.jit(step, static_argnums=static, donate_argnums=1)
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@determinism.jit(static_argnums=2)
 def element_bits(mixture: gmm.Mixture, values: jax.Array, prob_floor: float):
   """Bits (..., c) of ``values`` under ``mixture`` (the training formula)."""
   return gmm.bits(mixture, jnp.asarray(values, jnp.float32), prob_floor)

@@ -15,6 +15,7 @@ import functools
 import jax
 import numpy as np
 
+from m2t_jax.coding import determinism
 from m2t_jax.entropy import gmm
 
 # Wide elements per call: small enough that padding the last chunk costs little
@@ -71,4 +72,4 @@ def wide_fn(config):
   """The jitted Mixture with fields (WIDE_CHUNK, K) -> wide tables of a config."""
   def tables(flat):
     return gmm.coding_tables(flat, config.gmm.table_radius, config.gmm.prob_floor)[1]
-  return jax.jit(tables)
+  return determinism.jit(tables)
