@@ -79,8 +79,9 @@ def _transformer_fn(codec, tokens, valid):
   model = codec.entropy_model
   params = codec.params["entropy_model"]
   plan = model.coding_plan()
-  step = jax.jit(lambda p, s, i: model.apply({"params": p}, s, i, method="decode_step"),
-                 static_argnums=2 if model.static_steps else (), donate_argnums=1)
+  step = jax.jit(lambda p, s, i, shape: model.apply({"params": p}, s, i, shape,
+                                                   method="decode_step"),
+                 static_argnums=3, donate_argnums=1)
   tokens = np.asarray(tokens)
   rows = np.arange(tokens.shape[0])[:, None]
 
@@ -88,7 +89,7 @@ def _transformer_fn(codec, tokens, valid):
     state = model.init_decode_state(valid)
     out = None
     for i, planned in enumerate(plan):
-      cells, out, state = step(params, state, i if model.static_steps else np.int32(i))
+      cells, out, state = step(params, state, np.int32(i), model.step_shape(i))
       if planned.cells is not None:  # fixed: known ahead, as the decoder knows them
         cells = np.broadcast_to(planned.cells, (tokens.shape[0], planned.size))
       else:  # chosen by the model from its state (MT's entropy order)

@@ -95,17 +95,18 @@ def saved_steps(workdir) -> list[int]:
 def decode_flops(codec, valid) -> float | None:
   """XLA's FLOPs of the decode steps (decode_step only) for patches ``valid``."""
   model, params = codec.entropy_model, codec.params["entropy_model"]
-  fn = jax.jit(lambda p, s, i: model.apply({"params": p}, s, i, method="decode_step"),
-               static_argnums=2 if model.static_steps else ())
+  fn = jax.jit(lambda p, s, i, shape: model.apply({"params": p}, s, i, shape,
+                                                 method="decode_step"),
+               static_argnums=3)
   state, total = model.init_decode_state(valid), 0.0
   for i, planned in enumerate(model.coding_plan()):
-    step = i if model.static_steps else np.int32(i)
-    cost = fn.lower(params, state, step).compile().cost_analysis()
+    step = (np.int32(i), model.step_shape(i))
+    cost = fn.lower(params, state, *step).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     if not cost or "flops" not in cost:
       return None
     total += float(cost["flops"])
-    cells, _, state = fn(params, state, step)
+    cells, _, state = fn(params, state, *step)
     if planned.cells is not None:
       cells = np.broadcast_to(planned.cells, (valid.shape[0], planned.size))
     else:

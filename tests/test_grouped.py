@@ -325,8 +325,8 @@ def _step_bits(model, params, tokens):
   """The same through the interface alone, one jit per step without the tables
   (a third of the compile time of a coding-loop step)."""
   def one(params, state, i, values):
-    cells, mixture, state = model.apply({"params": params}, state, i,
-                                        method="decode_step")
+    cells, mixture, state = model.apply({"params": params}, state, i, i,
+                                        method="decode_step")  # shape = the step
     return gmm.bits(mixture, values, model.prob_floor), model.decode_update(
         state, i, cells, values)
   step_fn = fast_jit(one, static_argnums=2)

@@ -25,17 +25,23 @@ def _tokens(model, batch=3, seed=0):
 
 
 def _cached_bits(model, params, tokens):
-  """Per-element bits (B, L, C) in location order from S cached, jitted steps."""
+  """Per-element bits (B, L, C) in location order from S cached, jitted steps,
+  as the codec runs them: traced step index, padded to ``step_width`` (two
+  compilations), junk rows dropped, junk slots left in the cache."""
   sched = model.schedule
-  step = jax.jit(functools.partial(model.apply, method=M2T.step), static_argnums=3)
+  step = jax.jit(functools.partial(model.apply, method=M2T.step), static_argnums=4)
   cache = model.init_cache(tokens.shape[0])
   out = np.zeros(tokens.shape, np.float32)
-  prev = tokens[:, :0]
+  width = int(sched.sizes.max())
+  prev = np.zeros((tokens.shape[0], width, C), np.float32)
   for i in range(sched.num_steps):
-    cells = sched.group(i)
-    mixture, cache = step(params, prev, cache, i)
+    cells, g = sched.group(i), int(sched.sizes[i])
+    mixture, cache = step(params, prev, cache, np.int32(i), model.step_width(i))
+    mixture = jax.tree.map(lambda t: t[:, :g], mixture)
     out[:, cells] = np.asarray(gmm.bits(mixture, tokens[:, cells], 1e-9))
-    prev = tokens[:, cells]
+    prev = np.zeros_like(prev)
+    prev[:, :g] = tokens[:, cells]
+  assert step._cache_size() == len({model.step_width(i) for i in range(sched.num_steps)})
   return out
 
 
@@ -129,7 +135,9 @@ def test_step_checks_its_input_size_and_order():
   model = _m2t(4, 4)
   tokens = _tokens(model)
   params = model.init(jax.random.key(1), tokens)
-  with pytest.raises(ValueError, match="takes the 1 values"):
-    model.apply(params, tokens[:, :3], model.init_cache(3), 1, method=M2T.step)
+  with pytest.raises(ValueError, match="must cover the width"):
+    model.apply(params, tokens[:, :3], model.init_cache(3), 1, 4, method=M2T.step)
+  with pytest.raises(ValueError, match="width 1 is too small"):
+    model.apply(params, tokens, model.init_cache(3), 3, 1, method=M2T.step)
   with pytest.raises(ValueError, match="only for MT"):
     _m2t(4, 4, order="entropy").init(jax.random.key(1), tokens)

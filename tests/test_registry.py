@@ -28,8 +28,7 @@ class ChannelSplit(base.EntropyModel):
   patch_size: int
   prob_floor: float = 2.0**-20
 
-  static_steps = True
-  one_pass_rate = True
+  one_pass_rate = True  # step_shape: the default (each step its own compilation)
 
   @classmethod
   def from_config(cls, config):
@@ -69,10 +68,10 @@ class ChannelSplit(base.EntropyModel):
     n = np.asarray(valid).shape[0]
     return {"first": jnp.zeros((n, self.num_tokens, self.latent_channels // 2))}
 
-  def decode_step(self, state, step):
+  def decode_step(self, state, step, shape):
     first = state["first"]
     cells = jnp.broadcast_to(jnp.arange(self.num_tokens), first.shape[:2])
-    if step == 0:
+    if shape == 0:  # the static step
       return cells, self._first(*first.shape[:2]), state
     return cells, self._second(first), state
 

@@ -97,9 +97,8 @@ class CodingLoop:
     for i, planned in enumerate(self.plan):
       if self._pending is not None:
         raise RuntimeError(f"Step {self._pending} was not fed its values.")
-      step = i if self.model.static_steps else np.int32(i)
       cells, centers, pmf, mixture, self._state = self._step_fn(
-          self._params, self._state, step)
+          self._params, self._state, np.int32(i), self.model.step_shape(i))
       g = planned.size
       if cells.shape[1] != g:  # padded to share one compilation: keep the first g
         mixture = jax.tree.map(lambda t, g=g: t[:, :g], mixture)
@@ -123,17 +122,16 @@ class CodingLoop:
 
 @functools.lru_cache(maxsize=32)
 def step_fn(model: base.EntropyModel, config):
-  """The jitted (params, state, step) -> (cells, centers, pmf, mixture, state) of a
-  model and config. jax compiles once per (step, batch) for models with static
-  steps, once per batch otherwise. The state is donated: its buffers (M2T's
-  cache) are rewritten in place."""
-  def step(params, state, i):
-    cells, mixture, state = model.apply({"params": params}, state, i,
+  """The jitted (params, state, step, shape) -> (cells, centers, pmf, mixture,
+  state) of a model and config: ``step`` a traced int32, ``shape`` the model's
+  static ``step_shape(step)``. jax compiles once per (shape, batch size). The
+  state is donated: its buffers (M2T's cache) are rewritten in place."""
+  def step(params, state, i, shape):
+    cells, mixture, state = model.apply({"params": params}, state, i, shape,
                                         method="decode_step")
     centers, pmf = tables.narrow_tables(mixture, config)
     return cells, centers, pmf, mixture, state
-  static = (2,) if model.static_steps else ()
-  return determinism.jit(step, static_argnums=static, donate_argnums=1)
+  return determinism.jit(step, static_argnums=3, donate_argnums=1)
 
 
 @determinism.jit(static_argnums=2)

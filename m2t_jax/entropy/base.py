@@ -19,18 +19,21 @@ What a kind provides (and what everything above ``entropy/`` uses, nothing else)
    one step.
 3. **Decoding**, as an explicit state (maskgit's loop state, GIVT's cache):
    ``init_decode_state(valid)`` -> a pytree of arrays, without parameters;
-   ``decode_step(state, step)`` (through ``apply`` with the parameters) ->
+   ``decode_step(state, step, shape)`` (through ``apply`` with the parameters;
+   ``step`` a traced int32, ``shape = step_shape(step)`` static) ->
    (cells int32 (N, g'), Mixture (N, g', c, K), new state), where g' >= g of the
    plan and the first g rows are the step's (a model may pad to share one
-   compilation between steps, see ``static_steps``);
+   compilation between steps);
    ``decode_update(state, step, cells, values)`` -> the state with the values
    (N, g, c) of the step's elements written in, again without parameters.
    The encoder runs exactly these functions with the true values, the decoder
    with the decoded ones, so both compute bit-identical distributions.
 
-``static_steps``: True when ``step`` must be a Python int (each step has its own
-shapes, like M2T's cache offsets: one compilation per step); False when it may be
-a traced int32 (one compilation serves every step, like MT's full passes).
+``step_shape(step)``: the static part of a step (hashable); steps with equal
+shapes share one compilation of ``decode_step``. The default is the step itself
+(one compilation per step, for kinds whose steps differ in shape, like
+GroupedMixer's channel groups); MT's full passes return None (one for all); M2T
+pads its groups to two widths. Compilations cost seconds each on a GPU.
 ``one_pass_rate``: True when ``rate(tokens, tokens)`` (train=False) gives exactly
 the distributions the decode steps give (M2T's teacher-forced pass), so a rate
 estimate needs no decode loop.
@@ -90,7 +93,6 @@ class EntropyModel(nn.Module):
   """Base class of the entropy models. Subclasses are Flax modules that define the
   fields ``latent_channels`` (C) and ``patch_size`` (w_T) and the methods below."""
 
-  static_steps = True
   one_pass_rate = False
 
   # --- construction ---------------------------------------------------------
@@ -125,8 +127,14 @@ class EntropyModel(nn.Module):
     (padding cells are never coded; they hold 0)."""
     raise NotImplementedError
 
-  def decode_step(self, state: State, step) -> tuple[jax.Array, gmm.Mixture, State]:
-    """Predicts step ``step``: (cells (N, g'), Mixture (N, g', c, K), state)."""
+  def step_shape(self, step: int):
+    """The static part of step ``step`` (see the module docstring)."""
+    return step
+
+  def decode_step(self, state: State, step, shape) -> tuple[jax.Array, gmm.Mixture,
+                                                           State]:
+    """Predicts step ``step`` (traced) of shape ``shape`` (static, ``step_shape``):
+    (cells (N, g'), Mixture (N, g', c, K), state)."""
     raise NotImplementedError
 
   def decode_update(self, state: State, step: int, cells: np.ndarray,
@@ -136,7 +144,7 @@ class EntropyModel(nn.Module):
 
 
 def shifted_cache_step(model, state, step: int, cells):
-  """``decode_step`` of a kind that decodes like M2T: its ``step(prev, cache, i)``
+  """``decode_step`` of a kind whose ``step(prev, cache, i)`` (i a Python int)
   feeds group i-1's values (``state['prev']``) into a static k/v cache and reads
   group i's mixtures. cells: the group's cells (g,), the same in every patch.
   Returns (cells int32 (N, g), mixture, state)."""

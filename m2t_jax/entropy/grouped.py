@@ -156,7 +156,8 @@ class GroupedMixer(base.EntropyModel):
   dropout: float = 0.0
   prob_floor: float = 2.0**-20
 
-  static_steps = True  # step i writes cache index i: static offsets and shapes
+  # step_shape(i) = i (the default): step i writes cache index i and predicts
+  # channel group i's width, so each step compiles its own executable.
   one_pass_rate = True  # the teacher-forced pass equals the decode steps
 
   @classmethod
@@ -286,9 +287,11 @@ class GroupedMixer(base.EntropyModel):
     return {"cache": self.init_cache(n),
             "prev": jnp.zeros((n, groups.num_blocks, 0), jnp.float32)}
 
-  def decode_step(self, state, step: int):
-    """Feeds group step-1's values, reads group ``step``'s mixtures (static step)."""
-    return base.shifted_cache_step(self, state, step, self.grouping.cells(step))
+  def decode_step(self, state, step, shape: int):
+    """Feeds group step-1's values, reads group ``step``'s mixtures (``shape`` is
+    the step as a Python int)."""
+    del step
+    return base.shifted_cache_step(self, state, shape, self.grouping.cells(shape))
 
   def decode_update(self, state, step, cells, values):
     del step, cells  # the next step reads exactly this group, in block order

@@ -19,7 +19,8 @@ order of ``schedule.group(i)`` for ``step``.
 
 As an ``entropy.base.EntropyModel``: ``rate`` is the teacher-forced pass (exactly
 the decode steps' distributions, so ``one_pass_rate``); decode state = the k/v
-cache and the previous group's values; step i has its own static shapes.
+cache and the previous group's values; steps run padded to one of two widths
+(``step_width``), so decoding compiles two executables, not S.
 """
 
 import functools
@@ -42,6 +43,27 @@ def _static_maps(patch_size, num_steps, alpha, order, seed):
   return sched, maps, schedules.block_triangular_mask(sched.sizes)
 
 
+@functools.lru_cache(maxsize=64)
+def _padded_maps(*key):
+  """Host tables a padded step indexes with its traced step i: offsets (S,),
+  sizes (S,), and the slot maps extended by g_max slots (input -1 = mask, target
+  0) so that slots [o_i, o_i + width) always exist."""
+  sched, maps, _ = _static_maps(*key)
+  pad = int(sched.sizes.max())
+  return (sched.offsets.astype(np.int32), sched.sizes.astype(np.int32),
+          np.concatenate([maps.input_index, np.full(pad, -1)]).astype(np.int32),
+          np.concatenate([maps.target_index, np.zeros(pad)]).astype(np.int32))
+
+
+@functools.lru_cache(maxsize=64)
+def _padded_groups(*key):
+  """(S, g_max) int32: group i's cells, then repeats of its last cell."""
+  sched = _static_maps(*key)[0]
+  width = int(sched.sizes.max())
+  return np.stack([np.pad(sched.group(i), (0, width - sched.sizes[i]), mode="edge")
+                   for i in range(sched.num_steps)]).astype(np.int32)
+
+
 class M2T(base.EntropyModel):
   """The M2T entropy model of one w_T x w_T patch."""
   latent_channels: int  # C
@@ -61,7 +83,6 @@ class M2T(base.EntropyModel):
   order_seed: int = 0
   prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
 
-  static_steps = True  # step i has cache offset o_i and size g_i: static shapes
   one_pass_rate = True  # the teacher-forced pass equals the decode steps
 
   @classmethod
@@ -90,8 +111,7 @@ class M2T(base.EntropyModel):
     if self.order == "entropy":
       raise ValueError("M2T needs a fixed order: the entropy-adaptive order exists "
                        "only for MT; use qlds, random or raster.")
-    return _static_maps(self.patch_size, self.num_steps, float(self.alpha),
-                        self.order, self.order_seed)
+    return _static_maps(*self._map_key())
 
   def setup(self):
     self.token_embedding = TokenEmbedding(self.d_model, self.embed_delta)
@@ -103,11 +123,12 @@ class M2T(base.EntropyModel):
     self.head = MixtureHead(self.latent_channels, self.num_mixtures, self.scale_floor)
 
   def _embed(self, values, input_index, target_index):
-    """Slots -> (B, n, d). values (B, n, C); input_index, target_index (n,) static."""
-    is_mask = input_index < 0
-    x = self.token_embedding(values, jnp.asarray(is_mask)[None])
+    """Slots -> (B, n, d). values (B, n, C); input_index, target_index (n,) int
+    (numpy, or traced in a padded step); input -1 = the mask token."""
+    is_mask = jnp.asarray(input_index) < 0
+    x = self.token_embedding(values, is_mask[None])
     x = x + jnp.where(is_mask[:, None], 0.0,
-                      self.input_location(jnp.asarray(np.maximum(input_index, 0))))
+                      self.input_location(jnp.maximum(jnp.asarray(input_index), 0)))
     x = x + self.target_location(jnp.asarray(target_index))
     return self.embed_norm(x) if self.embed_norm is not None else x
 
@@ -121,27 +142,48 @@ class M2T(base.EntropyModel):
     inverse = jnp.asarray(np.argsort(sched.order))
     return jax.tree.map(lambda t: jnp.take(t, inverse, axis=1), mixture)
 
-  def step(self, prev_values: jax.Array, cache: tfm.Cache, step: int):
-    """Decode step ``step`` (0-based, static).
+  def step_width(self, step: int) -> int:
+    """G, the padded width step ``step`` runs at (static): the steps share two
+    widths, ceil(g_max / 2) for the groups that fit it and g_max for the rest, so
+    decoding compiles two executables per batch size instead of S (a GPU spends
+    seconds on each), for about 1.5x the transformer's rows (see BUILD.md)."""
+    sizes = self.schedule.sizes
+    g_max = int(sizes.max())
+    half = -(-g_max // 2)
+    return half if int(sizes[step]) <= half else g_max
 
-    prev_values: (B, g_{i-1}, C), the values of group i-1's cells in the order of
-      ``schedule.group(i-1)`` ((B, 0, C) for the first step); padded cells are 0.
-    cache: from ``init_cache``; slots [o_i, o_i+g_i) are written.
-    Returns (Mixture (B, g_i, C, K) for ``schedule.group(i)``, new cache).
+  def step(self, prev_values: jax.Array, cache: tfm.Cache, step, width: int):
+    """Decode step ``step`` (0-based; a Python int or a traced int32) at ``width``.
+
+    prev_values: (B, P, C), P >= width: first the g_{i-1} values of group i-1's
+      cells in the order of ``schedule.group(i-1)`` (nothing for the first step),
+      then anything (ignored: those slots read the mask token).
+    cache: from ``init_cache``; slots [o_i, o_i+width) are written (the real
+      slots [o_i, o_i+g_i), then junk the next step overwrites).
+    width: static G >= g_i (``step_width``); steps of one width share one
+      compilation.
+    Returns (Mixture (B, width, C, K): its first g_i rows are ``schedule.group(i)``'s
+    cells in order, the rest junk; new cache).
     """
-    sched, maps, _ = self._maps()
-    o, g = int(sched.offsets[step]), int(sched.sizes[step])
-    g_prev = int(sched.sizes[step - 1]) if step else 0
-    if prev_values.shape[1] != g_prev:
-      raise ValueError(f"Step {step} takes the {g_prev} values of group {step - 1}, "
-                       f"got {prev_values.shape[1]}.")
-    batch = prev_values.shape[0]
-    values = jnp.concatenate(
-        [prev_values, jnp.zeros((batch, g - g_prev, self.latent_channels),
-                                prev_values.dtype)], axis=1)
-    x = self._embed(values, maps.input_index[o:o + g], maps.target_index[o:o + g])
-    x, cache = self.transformer(x, cache=cache, offset=o)
+    sched, _, _ = self._maps()
+    if isinstance(step, (int, np.integer)) and not sched.sizes[step] <= width:
+      raise ValueError(f"Step {step} predicts {sched.sizes[step]} cells; width "
+                       f"{width} is too small.")
+    if prev_values.shape[1] < width:
+      raise ValueError(f"Step values must cover the width {width}, got "
+                       f"{prev_values.shape[1]}.")
+    offsets, sizes, input_index, target_index = (
+        jnp.asarray(a) for a in _padded_maps(*self._map_key()))
+    i = jnp.asarray(step, jnp.int32)
+    slots = offsets[i] + jnp.arange(width)
+    x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots])
+    x, cache = self.transformer(x, cache=cache, offset=offsets[i],
+                                visible=offsets[i] + sizes[i])
     return self.head(x), cache
+
+  def _map_key(self):
+    return (self.patch_size, self.num_steps, float(self.alpha), self.order,
+            self.order_seed)
 
   # --- the entropy-model interface ---------------------------------------------
   def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
@@ -156,21 +198,38 @@ class M2T(base.EntropyModel):
     return tuple(base.PlannedStep(int(sched.sizes[i]), (0, self.latent_channels),
                                   sched.group(i)) for i in range(sched.num_steps))
 
+  def step_shape(self, step: int) -> int:
+    return self.step_width(step)
+
   def init_decode_state(self, valid):
-    """{'cache': empty k/v cache, 'prev': (N, 0, C)}: nothing decoded yet."""
+    """{'cache': empty k/v cache, 'prev': (N, g_max, C) zeros}: nothing decoded."""
     n = np.asarray(valid).shape[0]
     return {"cache": self.init_cache(n),
-            "prev": jnp.zeros((n, 0, self.latent_channels), jnp.float32)}
+            "prev": jnp.zeros((n, self._max_width(), self.latent_channels), jnp.float32)}
 
-  def decode_step(self, state, step: int):
-    """Feeds group step-1's values, reads group ``step``'s mixtures (static step)."""
-    return base.shifted_cache_step(self, state, step, self.schedule.group(step))
+  def decode_step(self, state, step, shape: int):
+    """Feeds group step-1's values, reads group ``step``'s mixtures; ``step`` is
+    traced, ``shape`` the static width (``step_width``). Cells (N, width): the
+    group's, then copies of its last cell (rows the loop drops)."""
+    mixture, cache = self.step(state["prev"], state["cache"], step, shape)
+    groups = jnp.asarray(_padded_groups(*self._map_key()))[jnp.asarray(step, jnp.int32)]
+    cells = jnp.broadcast_to(groups[:shape], (state["prev"].shape[0], shape))
+    return cells, mixture, {"cache": cache, "prev": state["prev"]}
 
   def decode_update(self, state, step, cells, values):
-    del step, cells  # the next step feeds exactly this group, in this order
-    return base.shifted_cache_update(state, values)
+    """The next step feeds exactly this group's values (N, g, C), padded to g_max."""
+    del step, cells
+    values = np.asarray(values, np.float32)
+    pad = self._max_width() - values.shape[1]
+    return {"cache": state["cache"],
+            "prev": jnp.asarray(np.pad(values, ((0, 0), (0, pad), (0, 0))))}
+
+  def _max_width(self) -> int:
+    return int(self.schedule.sizes.max())
 
   def init_cache(self, batch: int, dtype=jnp.float32) -> tfm.Cache:
-    """Empty key/value cache for ``batch`` patches (all L slots)."""
-    return tfm.init_cache(batch, self.num_tokens, self.num_layers, self.num_heads,
+    """Empty key/value cache for ``batch`` patches: L slots and g_max spare ones
+    (a padded step writes its full width)."""
+    return tfm.init_cache(batch, self.num_tokens + self._max_width(),
+                          self.num_layers, self.num_heads,
                           self.d_model // self.num_heads, dtype)

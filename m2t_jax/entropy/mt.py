@@ -50,7 +50,6 @@ class MT(base.EntropyModel):
   rank_radius: int = 16  # the entropy-adaptive order ranks tokens by +-R tables
   # (narrower ones would lump the tail into the escape and look too certain)
 
-  static_steps = False  # one full pass per step, one compilation for all
   one_pass_rate = False  # the rate of S passes needs the decode loop
 
   @classmethod
@@ -124,8 +123,12 @@ class MT(base.EntropyModel):
     return {"tokens": jnp.zeros(valid.shape + (self.latent_channels,), jnp.float32),
             "known": jnp.asarray(~valid)}
 
-  def decode_step(self, state, step):
+  def step_shape(self, step: int) -> None:
+    return None  # one full pass per step: one compilation serves them all
+
+  def decode_step(self, state, step, shape=None):
     """One full pass; cells (N, g_max) padded to the largest group (traced step)."""
+    del shape
     tokens, known = state["tokens"], state["known"]
     g_max = int(self.group_sizes.max())
     mixture = self(tokens, known)

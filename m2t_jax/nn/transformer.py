@@ -9,6 +9,13 @@ Two ways to run the same parameters:
   [o, o+g) and the queries attend to every cached slot in [0, o+g). That is the
   M2T block-triangular mask for a group that owns slots [o, o+g); o and g are
   static, so each step compiles once and touches only the prefix it needs.
+* padded cached step: ``Transformer()(x, cache=cache, offset=o, visible=v)``
+  with o and v traced int32 scalars and x (B, G, d) padded slots: keys/values
+  are written at [o, o+G) (the buffers need o+G <= their length: callers give
+  the cache G spare slots), and queries attend to the slots [0, v). Rows past
+  the real ones are junk the caller drops, and the next step overwrites their
+  slots. One compilation serves every step of width G (what a GPU needs, where
+  each compilation takes seconds).
 
 The cache is an explicit pytree (``init_cache``), not a Flax mutable collection,
 so callers can donate it to a jitted step and nothing is hidden in module state.
@@ -37,14 +44,21 @@ class Attention(nn.Module):
   num_heads: int
 
   @nn.compact
-  def __call__(self, x, mask=None, cache=None, offset: int = 0):
+  def __call__(self, x, mask=None, cache=None, offset=0, visible=None):
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"d_model={d} is not divisible by num_heads={self.num_heads}.")
     head_dim = d // self.num_heads
     proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)
     q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # (B, g, H, Dh)
-    if cache is not None:
+    if cache is not None and visible is not None:  # traced offset: padded step
+      at = (0, offset, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at),
+               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)}
+      k, v = cache["k"], cache["v"]
+      seen = jnp.arange(k.shape[1]) < visible  # (Lc,): the slots written so far
+      mask = seen if mask is None else mask & seen
+    elif cache is not None:
       g = x.shape[1]
       cache = {"k": cache["k"].at[:, offset:offset + g].set(k.astype(cache["k"].dtype)),
                "v": cache["v"].at[:, offset:offset + g].set(v.astype(cache["v"].dtype))}
@@ -52,7 +66,10 @@ class Attention(nn.Module):
       v = cache["v"][:, :offset + g]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
     if mask is not None:
-      mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
+      if mask.ndim == 2:  # (q, k) -> (1, 1, q, k); (k,) broadcasts as it is
+        mask = mask[None, None]
+      elif mask.ndim == 3:  # (B, q, k) -> (B, 1, q, k)
+        mask = mask[:, None]
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
@@ -78,10 +95,10 @@ class EncoderBlock(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, mask=None, cache=None, offset: int = 0,
-               deterministic: bool = True):
+  def __call__(self, x, mask=None, cache=None, offset=0, deterministic: bool = True,
+               visible=None):
     y, cache = Attention(self.num_heads, name="attention")(
-        nn.LayerNorm(name="ln_attention")(x), mask, cache, offset)
+        nn.LayerNorm(name="ln_attention")(x), mask, cache, offset, visible)
     x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
     y = MlpBlock(self.mlp_dim, self.dropout, name="mlp")(
         nn.LayerNorm(name="ln_mlp")(x), deterministic)
@@ -96,14 +113,14 @@ class Transformer(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset: int = 0,
-               deterministic: bool = True):
+  def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset=0,
+               deterministic: bool = True, visible=None):
     new_cache = [] if cache is not None else None
     for i in range(self.num_layers):
       layer_cache = cache[i] if cache is not None else None
       x, layer_cache = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout,
                                     name=f"block_{i}")(x, mask, layer_cache, offset,
-                                                       deterministic)
+                                                       deterministic, visible)
       if cache is not None:
         new_cache.append(layer_cache)
     return nn.LayerNorm(name="ln_final")(x), new_cache
