@@ -4,44 +4,56 @@
   python experiments/accelerator_report.py --out /tmp/acc --quick       # CPU check
 
 Sections, each in its own fresh process under its own time limit (seconds, full
-mode; a section that runs out is recorded as ``timeout`` and the next one
-starts, so one slow part cannot eat the rest; ``report.json`` is rewritten
-after every section):
+mode; a section that runs out is recorded as ``timeout`` with the last progress
+lines it printed, and the next one starts, so one slow part cannot eat the rest;
+``report.json`` is rewritten after every section):
 
 | section       | limit | what                                                       |
 |---------------|------:|------------------------------------------------------------|
 | devices       |    20 | platform, device kind and count, JAX version               |
-| roundtrip     |    80 | every registered kind (its shipped model, else random       |
+| roundtrip     |   130 | every registered kind (its shipped model, else random       |
 |               |       | weights of the size below): compress + decompress on the   |
 |               |       | device, decoded image == ``estimate`` reconstruction        |
-| two_process   |    80 | encode in one fresh process, decode in another (device)    |
-| cpu_to_device |    80 | encode on the CPU (JAX_PLATFORMS=cpu), decode on the       |
+| two_process   |    90 | encode in one fresh process, decode in another (device),   |
+|               |       | each compiling for itself (own empty compilation cache)    |
+| cpu_to_device |    60 | encode on the CPU (JAX_PLATFORMS=cpu), decode on the       |
 |               |       | device: exact, or DecodeMismatchError; a wrong image fails |
-| bench_decode  |   180 | ``bench_decode.py`` paper config, 2000x1500, S = 12, each  |
-|               |       | kind in its own process: MT 50, M2T 60, GroupedMixer 70 s   |
-| bench_train   |    80 | ``bench_train.py`` paper config: steps/s, images/s, MFU,   |
+| bench_decode  |   160 | ``bench_decode.py`` paper config, 2000x1500, S = 12, each  |
+|               |       | kind in its own process: M2T 70, MT 50, GroupedMixer 40 s   |
+| bench_train   |    60 | ``bench_train.py`` paper config: steps/s, images/s, MFU,   |
 |               |       | float32 (and bfloat16 once ``compute_dtype`` exists)        |
 
-Total 520 s of limits (three registered kinds) plus start-up: under 9 minutes
-on one H100. ``--quick`` uses the tiny configs, small images and limits of 400 s
-per section, for a CPU check (measured: about 9 minutes on the 2-core CPU VM).
+Total 520 s of limits plus start-up: under 9 minutes on one H100.
+
+**Compilation.** The first H100 run (2026-11, see BUILD.md) timed out in every
+codec section: XLA's GPU compiler takes seconds per executable, and the coding
+path then compiled one per decode step. Every child therefore runs with
+``JAX_LOG_COMPILES=1``; the report sums the compilations each section logged
+(``compile_s``, ``compiles``), so a slow section says whether it compiled or
+computed. roundtrip, cpu_to_device's decoder and the decode benchmarks share one
+persistent compilation cache (``<out>/jax_cache``; what a user's repeated runs
+have), two_process's encoder and decoder each compile alone (their point is two
+independent compilations giving the same tables). ``--quick`` uses the tiny
+configs, small images and limits of 400 s per section, for a CPU check.
 The codec's GPU settings are those of ``m2t_jax/coding/determinism.py``.
 """
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIMITS = {"devices": 20, "roundtrip": 80, "two_process": 80, "cpu_to_device": 80,
-          "bench_decode": 60, "bench_train": 80}
-# bench_decode runs once per kind, each under its own limit (the kinds with more
-# steps compile more executables); other kinds get LIMITS["bench_decode"].
-DECODE_LIMITS = {"mt": 50, "m2t": 60, "grouped": 70}
+LIMITS = {"devices": 20, "roundtrip": 130, "two_process": 90, "cpu_to_device": 60,
+          "bench_decode": 40, "bench_train": 60}
+# bench_decode runs once per kind, each under its own limit, the paper's kind
+# first; other kinds get LIMITS["bench_decode"].
+DECODE_LIMITS = {"m2t": 70, "mt": 50, "grouped": 40}
+DECODE_ORDER = ("m2t", "mt")  # then the other registered kinds
 QUICK_LIMITS = {k: 400 for k in LIMITS}  # a 2-core CPU compiles slowly
 
 
@@ -64,6 +76,12 @@ def _codec(kind: str, quick: bool):
 # --- sections, run in a child process -------------------------------------------
 
 
+def _progress(message: str) -> None:
+  """A timestamped line on stdout: the parent keeps the last ones of a section
+  that times out."""
+  print(f"[{time.perf_counter():8.2f} s] {message}", flush=True)
+
+
 def section_devices(args):
   import jax
   d = jax.devices()[0]
@@ -76,12 +94,16 @@ def section_roundtrip(args):
   from m2t_jax.entropy import registry
   image, out = _image(args.quick), {}
   for kind in registry.names():
+    _progress(f"{kind}: loading")
     codec, name = _codec(kind, args.quick)
+    _progress(f"{kind}: compressing")
     t0 = time.perf_counter()
     data = codec.compress(image)
     t1 = time.perf_counter()
+    _progress(f"{kind}: decompressing")
     decoded = codec.decompress(data)
     t2 = time.perf_counter()
+    _progress(f"{kind}: done")
     exact = bool(np.array_equal(decoded, codec.estimate(image)["reconstruction"]))
     out[kind] = {"model": name, "exact": exact, "bytes": len(data),
                  "encode_s_first": t1 - t0, "decode_s_first": t2 - t1}
@@ -94,6 +116,7 @@ def section_encode(args):
   image = _image(args.quick)
   out = {}
   for kind in ("m2t", "mt"):
+    _progress(f"{kind}: encoding")
     codec, name = _codec(kind, args.quick)
     with open(os.path.join(args.tmp, f"{kind}.m2t"), "wb") as f:
       f.write(codec.compress(image))
@@ -107,6 +130,7 @@ def section_decode(args):
   from m2t_jax import DecodeMismatchError
   out = {}
   for kind in ("m2t", "mt"):
+    _progress(f"{kind}: decoding")
     codec, _ = _codec(kind, args.quick)
     data = open(os.path.join(args.tmp, f"{kind}.m2t"), "rb").read()
     expected = np.load(os.path.join(args.tmp, f"{kind}.npy"))
@@ -125,35 +149,68 @@ SECTIONS = {"devices": section_devices, "roundtrip": section_roundtrip,
 # --- the parent -------------------------------------------------------------------
 
 
-def _child(section, args, limit, env=None, extra=()):
-  """Runs one section in a fresh process; returns its JSON or an error record."""
+COMPILE_LINE = re.compile(r"Finished XLA compilation of (.*) in ([0-9.eE+-]+) sec")
+
+
+def _env(cache: str | None, **extra) -> dict:
+  """A child's environment: compilations logged, the given persistent cache
+  (None: none at all), plus ``extra``."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  env.update(JAX_LOG_COMPILES="1", **extra)
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+def compile_stats(log: str) -> dict:
+  """Number and seconds of the XLA compilations a child logged, and the five
+  slowest (name, seconds)."""
+  found = [(m.group(1), float(m.group(2))) for m in COMPILE_LINE.finditer(log)]
+  slowest = sorted(found, key=lambda f: -f[1])[:5]
+  return {"compiles": len(found), "compile_s": round(sum(s for _, s in found), 3),
+          "slowest_compiles": [[n[:80], round(t, 3)] for n, t in slowest]}
+
+
+def _run(cmd, env, limit) -> dict:
+  """Runs ``cmd``; status, seconds, compile stats, and on failure the last
+  progress lines (stdout) and stderr."""
+  t0 = time.perf_counter()
+  try:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=limit, check=False)
+    out, err, status = proc.stdout, proc.stderr, "ok" if proc.returncode == 0 else "error"
+  except subprocess.TimeoutExpired as e:
+    text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+    out, err, status = text(e.stdout), text(e.stderr), "timeout"
+  record = {"status": status, "seconds": round(time.perf_counter() - t0, 3),
+            **compile_stats(err)}
+  if status == "timeout":
+    record["limit_s"] = limit
+  if status != "ok":
+    record["last_progress"] = out.strip().splitlines()[-5:]
+    errors = [line for line in err.splitlines() if "compilation" not in line.lower()
+              and not line.startswith(("Compiling ", "Finished "))]
+    record["stderr"] = "\n".join(errors)[-2000:]
+  return record
+
+
+def _child(section, args, limit, env, extra=()):
+  """Runs one section in a fresh process; returns its JSON merged into the run
+  record (status, seconds, compile stats)."""
   with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
     cmd = [sys.executable, os.path.abspath(__file__), "--section", section,
            "--result", result.name, "--tmp", args.tmp, *(["--quick"] if args.quick else []),
            *extra]
-    t0 = time.perf_counter()
-    try:
-      proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=limit, check=False)
-    except subprocess.TimeoutExpired:
-      return {"status": "timeout", "limit_s": limit}
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-      return {"status": "error", "seconds": seconds, "stderr": proc.stderr[-2000:]}
-    return {"status": "ok", "seconds": seconds, **json.load(open(result.name))}
+    record = _run(cmd, env, limit)
+    if record["status"] == "ok":
+      record.update(json.load(open(result.name)))
+    return record
 
 
-def _script(name, argv, limit):
-  t0 = time.perf_counter()
-  try:
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", name), *argv],
-                          cwd=ROOT, capture_output=True, text=True, timeout=limit,
-                          check=False)
-  except subprocess.TimeoutExpired:
-    return {"status": "timeout", "limit_s": limit}
-  status = "ok" if proc.returncode == 0 else "error"
-  return {"status": status, "seconds": time.perf_counter() - t0,
-          **({"stderr": proc.stderr[-2000:]} if status == "error" else {})}
+def _script(name, argv, limit, env):
+  return _run([sys.executable, os.path.join(ROOT, "experiments", name), *argv], env, limit)
 
 
 def run(args) -> dict:
@@ -169,25 +226,29 @@ def run(args) -> dict:
       f.write(markdown(report))
     print(f"{name}: {record.get('status')}", flush=True)
 
-  save("devices", _child("devices", args, limits["devices"]))
-  save("roundtrip", _child("roundtrip", args, limits["roundtrip"]))
-  for name, enc_env in (("two_process", None),
-                        ("cpu_to_device", {**os.environ, "JAX_PLATFORMS": "cpu"})):
+  shared = os.path.join(os.path.abspath(args.out), "jax_cache")
+  alone = lambda name: os.path.join(args.tmp, f"cache_{name}")  # fresh, empty
+  save("devices", _child("devices", args, limits["devices"], _env(shared)))
+  save("roundtrip", _child("roundtrip", args, limits["roundtrip"], _env(shared)))
+  for name, enc_env, dec_env in (
+      ("two_process", _env(alone("encode")), _env(alone("decode"))),
+      ("cpu_to_device", _env(alone("cpu"), JAX_PLATFORMS="cpu"), _env(shared))):
     t0 = time.perf_counter()
-    enc = _child("encode", args, limits[name] / 2, env=enc_env)
+    enc = _child("encode", args, limits[name] / 2, enc_env)
     left = max(limits[name] - (time.perf_counter() - t0), 1)
-    dec = _child("decode", args, left) if enc["status"] == "ok" else enc
+    dec = _child("decode", args, left, dec_env) if enc["status"] == "ok" else enc
     save(name, {"status": dec["status"], "encode": enc, "decode": dec})
   size, image, steps = ("tiny", "128x96", "4") if args.quick else ("paper", "2000x1500", "12")
   from m2t_jax.entropy import registry
   record = {"status": "ok", "records": [], "kinds": {}}
-  for kind in registry.names():
+  kinds = [k for k in DECODE_ORDER if k in registry.names()]
+  for kind in kinds + [k for k in registry.names() if k not in kinds]:
     bench = os.path.join(args.out, f"bench_decode_{kind}.json")
     limit = limits["bench_decode"] if args.quick else DECODE_LIMITS.get(
         kind, limits["bench_decode"])
     result = _script("bench_decode.py", ["--config", size, "--image-size", image,
                                          "--steps", steps, "--model", kind, "--repeats",
-                                         "2", "--output", bench], limit)
+                                         "2", "--output", bench], limit, _env(shared))
     record["kinds"][kind] = result
     if os.path.exists(bench):
       record["records"] += json.load(open(bench))["records"]
@@ -198,7 +259,7 @@ def run(args) -> dict:
   train_args = [f"--sizes={size}", "--steps=3", "--warmup=1", f"--output={train_json}"]
   if args.quick:
     train_args.append("--batch_size=1")
-  record = _script("bench_train.py", train_args, limits["bench_train"])
+  record = _script("bench_train.py", train_args, limits["bench_train"], _env(shared))
   if os.path.exists(train_json):
     record["float32"] = json.load(open(train_json))["results"]
   record["bfloat16"] = "not available: no compute_dtype config field yet (issue 18)"
@@ -212,7 +273,8 @@ def markdown(report) -> str:
   dev = s.get("devices", {})
   lines.append(f"Device: {dev.get('device_kind')} x{dev.get('num_devices')} "
                f"({dev.get('platform')}), JAX {dev.get('jax')}; quick={report['quick']}")
-  lines += ["", "| section | status | result |", "|---|---|---|"]
+  lines += ["", "| section | status | seconds | compilations (s) | result |",
+            "|---|---|---:|---:|---|"]
   for name, rec in s.items():
     if name == "roundtrip":
       result = ", ".join(f"{k}: {'exact' if v['exact'] else 'NOT EXACT'}"
@@ -230,8 +292,25 @@ def markdown(report) -> str:
                          for r in rec.get("float32", []))
     else:
       result = ""
-    lines.append(f"| {name} | {rec.get('status')} | {result} |")
+    if rec.get("status") == "timeout" or rec.get("last_progress"):
+      result += f" (last: {'; '.join(_runs(rec)[-1].get('last_progress', [])[-2:])})"
+    runs = _runs(rec)
+    seconds = sum(r.get("seconds", r.get("limit_s", 0)) for r in runs)
+    compiles = (f"{sum(r.get('compiles', 0) for r in runs)} "
+                f"({sum(r.get('compile_s', 0) for r in runs):.1f})")
+    lines.append(f"| {name} | {rec.get('status')} | {seconds:.1f} | {compiles} | {result} |")
   return "\n".join(lines) + "\n"
+
+
+def _runs(rec) -> list:
+  """The process records of a section (itself, or its encode/decode children, or
+  its per-kind scripts)."""
+  if "encode" in rec:
+    return [rec["encode"], rec["decode"]] if rec["decode"] is not rec["encode"] else [
+        rec["encode"]]
+  if "kinds" in rec:
+    return list(rec["kinds"].values())
+  return [rec]
 
 
 def main(argv=None):

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from m2t_jax import model as model_lib
+from m2t_jax.nn import precision
 from m2t_jax import saved_model
 from m2t_jax.coding import bitstream, determinism
 from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
@@ -77,6 +78,7 @@ class Codec:
     width) ``decompress`` accepts from a header, settable later as
     ``codec.max_pixels``."""
     self.max_pixels = int(max_pixels)
+    config = precision.coding_config(config)  # always float32 (nn/precision.py)
     self.config = ml_collections.FrozenConfigDict(config)
     self.model = model_lib.build_model(config)
     self.params = params

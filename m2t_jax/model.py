@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from m2t_jax.entropy import base, patches, registry
+from m2t_jax.nn import precision
 from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis
 
 
@@ -31,6 +32,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with a clear message for an impossible config: the fields
   every kind shares here, the kind's own in its ``validate_config``."""
   kind = registry.get(config.model)  # ValueError naming the known kinds
+  precision.dtype_of(config.get("compute_dtype", "float32"))  # ValueError if unknown
   t = config.transformer
   if t.d_model % t.num_heads:
     raise ValueError(f"transformer.d_model={t.d_model} must be divisible by "
@@ -69,13 +71,20 @@ class CompressionModel(nn.Module):
     self.synthesis = ElicSynthesis(c.elic.num_filters, c.elic.num_res_blocks)
     self.entropy_model = entropy_model_from_config(c)
 
+  def _compute(self, x: jax.Array) -> jax.Array:
+    """x in the compute dtype (``nn/precision.py``): bfloat16 parameters then run
+    the ELIC convolutions in bfloat16."""
+    return x.astype(precision.dtype_of(self.config.get("compute_dtype", "float32")))
+
   def encode(self, image: jax.Array) -> jax.Array:
-    """(B, H, W, 3) on 0..255, H, W multiples of 16 -> y (B, H/16, W/16, C)."""
-    return self.analysis(image / 255.0)
+    """(B, H, W, 3) on 0..255, H, W multiples of 16 -> y (B, H/16, W/16, C),
+    float32."""
+    return self.analysis(self._compute(image / 255.0)).astype(jnp.float32)
 
   def decode(self, y_hat: jax.Array) -> jax.Array:
-    """(B, h, w, C) -> reconstruction (B, 16h, 16w, 3) on 0..255, unclipped."""
-    return self.synthesis(y_hat) * 255.0
+    """(B, h, w, C) -> reconstruction (B, 16h, 16w, 3) on 0..255, unclipped,
+    float32."""
+    return self.synthesis(self._compute(y_hat)).astype(jnp.float32) * 255.0
 
   def latent_bits(self, y_hat: jax.Array, targets: jax.Array, rng=None,
                   train: bool = False) -> jax.Array:

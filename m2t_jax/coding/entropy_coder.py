@@ -46,6 +46,7 @@ from m2t_jax.coding import bitstream, determinism, range_coder, tables
 from m2t_jax.coding.bitstream import BitstreamError, DecodeMismatchError, check_size
 from m2t_jax.coding.fingerprint import fingerprint
 from m2t_jax.coding.steps import CodingLoop, element_bits
+from m2t_jax.nn import precision
 from m2t_jax.entropy import gmm, patches, registry
 
 # What the range coder can code exactly: int32 values (escape path included).
@@ -113,6 +114,7 @@ class EntropyCoder:
     latent of Pillow's limit); settable later as ``coder.max_cells``."""
     from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports ELIC
     model_lib.validate_config(config)
+    config = precision.coding_config(config)  # always float32 (nn/precision.py)
     self.config = ml_collections.FrozenConfigDict(config)
     self.model = registry.build(self.config)
     self.params = params

@@ -25,7 +25,7 @@ from m2t_jax.coding.bitstream import FINGERPRINT_BYTES
 # Dotted config paths that decoding never reads (checked by
 # tests/test_fingerprint.py: changing any of them keeps the fingerprint).
 TRAINING_ONLY = frozenset({
-    "size", "lmbda", "lmbda_warmup_factor", "lmbda_warmup_fraction", "crop_size",
+    "size", "compute_dtype", "lmbda", "lmbda_warmup_factor", "lmbda_warmup_fraction", "crop_size",
     "batch_size", "num_steps", "learning_rate", "warmup_steps", "lr_drop_fraction",
     "adam_b1", "adam_b2", "adam_eps", "weight_decay", "grad_clip_norm", "seed",
     "data", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",

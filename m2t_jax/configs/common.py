@@ -50,6 +50,10 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.transformer.num_heads = {"paper": 12, "small": 4, "tiny": 2}[size]
   c.transformer.mlp_dim = {"paper": 3072, "small": 1024, "tiny": 64}[size]
   c.transformer.dropout = 0.0  # [inferred]
+  # Compute dtype of the transformer and ELIC in training: 'float32' or
+  # 'bfloat16' (parameters, optimizer, heads and bits stay float32; the codec
+  # always runs float32). See m2t_jax/nn/precision.py.
+  c.compute_dtype = "float32"
 
   # Mixture head (SPEC §4).
   c.gmm = ml_collections.ConfigDict()

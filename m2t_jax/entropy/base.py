@@ -172,7 +172,8 @@ def transformer_fields(config) -> dict:
       embed_layernorm=config.embed_layernorm, dropout=t.dropout,
       num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
       order=config.schedule.order, order_seed=config.schedule.seed,
-      prob_floor=config.gmm.prob_floor)
+      prob_floor=config.gmm.prob_floor,
+      compute_dtype=config.get("compute_dtype", "float32"))
 
 
 def check_plan(plan, num_tokens: int, num_channels: int) -> None:

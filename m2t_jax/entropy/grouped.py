@@ -47,6 +47,7 @@ import numpy as np
 from m2t_jax.entropy import base, gmm, grouping
 from m2t_jax.entropy.embedding import LocationEmbedding
 from m2t_jax.entropy.gmm import Mixture, MixtureHead
+from m2t_jax.nn import precision
 from m2t_jax.nn import transformer as tfm
 
 MIXERS = ("inner", "cross")
@@ -73,6 +74,7 @@ class MixerStack(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   first_mixer: str = "inner"
+  dtype: str = "float32"  # compute dtype (nn/precision.py): the input is cast to it
 
   def setup(self):
     self.kinds = mixer_kinds(self.num_layers, self.first_mixer)
@@ -85,6 +87,7 @@ class MixerStack(nn.Module):
     """Teacher-forced: x (N, G, Q, d) -> (N, G, Q, d); cross_mask (G, G) bool,
     which groups of its block a token may attend to (causal)."""
     n, g, q, d = x.shape
+    x = x.astype(precision.dtype_of(self.dtype))
     mask = jnp.asarray(cross_mask)
     for kind, block in zip(self.kinds, self.blocks, strict=True):
       if kind == "inner":
@@ -104,6 +107,7 @@ class MixerStack(nn.Module):
     the cached groups [0, group] attended to, those of ``cross_mask[group]`` only
     when given."""
     n, q, d = x.shape
+    x = x.astype(precision.dtype_of(self.dtype))
     mask = None
     if cross_mask is not None and not cross_mask[group, :group + 1].all():
       mask = jnp.asarray(cross_mask[group:group + 1, :group + 1])
@@ -155,6 +159,7 @@ class GroupedMixer(base.EntropyModel):
   embed_layernorm: bool = True
   dropout: float = 0.0
   prob_floor: float = 2.0**-20
+  compute_dtype: str = "float32"  # of the mixer stack (nn/precision.py)
 
   # step_shape(i) = i (the default): step i writes cache index i and predicts
   # channel group i's width, so each step compiles its own executable.
@@ -174,6 +179,7 @@ class GroupedMixer(base.EntropyModel):
         first_mixer=g.first_mixer, cross_scope=g.cross_scope,
         num_mixtures=config.gmm.num_mixtures, scale_floor=config.gmm.scale_floor,
         embed_delta=config.embed_delta, embed_layernorm=config.embed_layernorm,
+        compute_dtype=config.get("compute_dtype", "float32"),
         prob_floor=config.gmm.prob_floor)
 
   @classmethod
@@ -211,7 +217,7 @@ class GroupedMixer(base.EntropyModel):
     self.group_embedding = LocationEmbedding(groups.num_groups, self.d_model)
     self.embed_norm = nn.LayerNorm() if self.embed_layernorm else None
     self.transformer = MixerStack(self.num_layers, self.num_heads, self.mlp_dim,
-                                  self.dropout, self.first_mixer)
+                                  self.dropout, self.first_mixer, self.compute_dtype)
     self.head = SliceHeads(groups.slices, self.num_mixtures, self.scale_floor)
 
   def _position(self, group: int) -> jax.Array:

@@ -82,6 +82,7 @@ class M2T(base.EntropyModel):
   order: str = "qlds"
   order_seed: int = 0
   prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
+  compute_dtype: str = "float32"  # of the transformer (nn/precision.py)
 
   one_pass_rate = True  # the teacher-forced pass equals the decode steps
 
@@ -119,7 +120,7 @@ class M2T(base.EntropyModel):
     self.target_location = LocationEmbedding(self.num_tokens, self.d_model)
     self.embed_norm = nn.LayerNorm() if self.embed_layernorm else None
     self.transformer = tfm.Transformer(self.num_layers, self.num_heads, self.mlp_dim,
-                                       self.dropout)
+                                       self.dropout, self.compute_dtype)
     self.head = MixtureHead(self.latent_channels, self.num_mixtures, self.scale_floor)
 
   def _embed(self, values, input_index, target_index):

@@ -47,6 +47,7 @@ class MT(base.EntropyModel):
   prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
   mask_ratio_min: float = 0.05  # training masks: fraction ~ U(min, max)
   mask_ratio_max: float = 0.99
+  compute_dtype: str = "float32"  # of the transformer (nn/precision.py)
   rank_radius: int = 16  # the entropy-adaptive order ranks tokens by +-R tables
   # (narrower ones would lump the tail into the escape and look too certain)
 
@@ -92,7 +93,7 @@ class MT(base.EntropyModel):
     if self.embed_layernorm:
       x = nn.LayerNorm(name="embed_norm")(x)
     x, _ = tfm.Transformer(self.num_layers, self.num_heads, self.mlp_dim,
-                           self.dropout, name="transformer")(
+                           self.dropout, self.compute_dtype, name="transformer")(
                                x, deterministic=deterministic)
     return MixtureHead(self.latent_channels, self.num_mixtures, self.scale_floor,
                        name="head")(x)

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m2t_jax.nn import precision
+
 # A cache: one {"k", "v"} dict per layer, each buffer (B, L, num_heads, head_dim).
 Cache = list
 
@@ -106,15 +108,20 @@ class EncoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Stack of pre-norm blocks and a final LayerNorm: (B, n, d) -> (B, n, d)."""
+  """Stack of pre-norm blocks and a final LayerNorm: (B, n, d) -> (B, n, d).
+
+  dtype: the compute dtype name (``nn/precision.py``); the input is cast to it,
+  so with bfloat16 parameters every matmul runs in bfloat16."""
   num_layers: int
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset=0,
                deterministic: bool = True, visible=None):
+    x = x.astype(precision.dtype_of(self.dtype))
     new_cache = [] if cache is not None else None
     for i in range(self.num_layers):
       layer_cache = cache[i] if cache is not None else None

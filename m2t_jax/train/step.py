@@ -13,6 +13,7 @@ import optax
 from m2t_jax import model as model_lib
 from m2t_jax.coding.entropy_coder import EntropyCoder
 from m2t_jax.entropy import registry
+from m2t_jax.nn import precision
 from m2t_jax.train import frozen
 from m2t_jax.train.optim import learning_rate_at_step, make_optimizer
 from m2t_jax.train.state import TrainState
@@ -42,8 +43,14 @@ def make_train_step(config, model=None, optimizer=None):
   """
   model = model or model_lib.build_model(config)
   optimizer = optimizer or make_optimizer(config)
-  loss_fn = (_joint_loss(model) if frozen.part(config) == "all"
-             else frozen.loss_fn(config, model))
+  part_loss = (_joint_loss(model) if frozen.part(config) == "all"
+               else frozen.loss_fn(config, model))
+  compute_dtype = config.get("compute_dtype", "float32")
+
+  def loss_fn(params, *args):
+    # Mixed precision: the float32 parameters are what is differentiated and
+    # updated; the model computes with a cast copy (nn/precision.py).
+    return part_loss(precision.cast_params(params, compute_dtype), *args)
 
   def train_step(state: TrainState, images, key):
     step = state.step
