@@ -21,7 +21,7 @@ lines it printed, and the next one starts, so one slow part cannot eat the rest;
 | bench_decode  |   160 | ``bench_decode.py`` paper config, 2000x1500, S = 12, each  |
 |               |       | kind in its own process: M2T 70, MT 50, GroupedMixer 40 s   |
 | bench_train   |    60 | ``bench_train.py`` paper config: steps/s, images/s, MFU,   |
-|               |       | float32 (and bfloat16 once ``compute_dtype`` exists)        |
+|               |       | float32 and bfloat16 (``config.compute_dtype``)             |
 
 Total 520 s of limits plus start-up: under 9 minutes on one H100.
 
@@ -256,13 +256,13 @@ def run(args) -> dict:
       record["status"] = "partial"
     save("bench_decode", record)
   train_json = os.path.join(args.out, "bench_train.json")
-  train_args = [f"--sizes={size}", "--steps=3", "--warmup=1", f"--output={train_json}"]
+  train_args = [f"--sizes={size}", "--dtypes=float32,bfloat16", "--steps=3", "--warmup=1",
+                f"--output={train_json}"]
   if args.quick:
     train_args.append("--batch_size=1")
   record = _script("bench_train.py", train_args, limits["bench_train"], _env(shared))
   if os.path.exists(train_json):
-    record["float32"] = json.load(open(train_json))["results"]
-  record["bfloat16"] = "not available: no compute_dtype config field yet (issue 18)"
+    record["results"] = json.load(open(train_json))["results"]
   save("bench_train", record)
   return report
 
@@ -286,10 +286,11 @@ def markdown(report) -> str:
       result = "; ".join(f"{r['model']}: transformer {r['transformer_s']:.3f} s, full "
                          f"{r['full_decode_s']:.3f} s" for r in rec.get("records", []))
     elif name == "bench_train":
-      result = "; ".join(f"{r['config']}: {r['steps_per_sec']:.3f} steps/s, "
+      result = "; ".join(f"{r['config']} {r.get('compute_dtype', '')}: "
+                         f"{r['steps_per_sec']:.3f} steps/s, "
                          f"{r['images_per_sec']:.2f} images/s"
                          + (f", MFU {r['mfu']:.1%}" if "mfu" in r else "")
-                         for r in rec.get("float32", []))
+                         for r in rec.get("results", []))
     else:
       result = ""
     if rec.get("status") == "timeout" or rec.get("last_progress"):

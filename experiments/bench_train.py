@@ -10,8 +10,12 @@ the model's and not the input pipeline's. Per config: the first call (compile
 untimed and ``--steps`` steps timed. FLOPs per step come from XLA's cost analysis
 of the compiled step (all devices together); on a GPU the model FLOPs
 utilisation is ``flops_per_step * steps_per_sec / (num_devices * peak)`` with the
-peak of the device's dense TF32 tensor cores (JAX's default precision for
-float32 matmuls and convolutions on GPUs), from a small table or ``--peak_tflops``.
+peak of the device's dense tensor cores for the run's compute dtype (TF32 for
+float32: JAX's default precision for float32 matmuls and convolutions on GPUs;
+BF16 for ``--dtypes=bfloat16``, ``config.compute_dtype``), from a small table or
+``--peak_tflops``.
+
+  python experiments/bench_train.py --sizes=paper --dtypes=float32,bfloat16
 """
 
 import json
@@ -36,30 +40,33 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Override the global batch siz
                               "(e.g. 1 for the paper config on a CPU).")
 _CROP = flags.DEFINE_integer("crop_size", None, "Override the crop size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per config.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (config.compute_dtype): "
+                            "float32, bfloat16.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the first call.")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU "
                            "(default: from the device name, GPUs only).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results here as JSON.")
 
-# Dense TF32 tensor-core peaks (TFLOP/s) by jax device_kind prefix.
-PEAK_TF32_TFLOPS = {
-    "NVIDIA H200": 494.7,
-    "NVIDIA H100 80GB HBM3": 494.7,  # SXM
-    "NVIDIA H100 PCIe": 378.0,
-    "NVIDIA H100": 494.7,
-    "NVIDIA A100": 156.0,
-    "NVIDIA L4": 60.0,
+# Dense tensor-core peaks (TFLOP/s) by jax device_kind prefix (NVIDIA's data
+# sheets, without sparsity): TF32 (float32 runs) and BF16 (bfloat16 runs).
+PEAK_TFLOPS = {
+    "NVIDIA H200": {"float32": 494.7, "bfloat16": 989.4},
+    "NVIDIA H100 80GB HBM3": {"float32": 494.7, "bfloat16": 989.4},  # SXM
+    "NVIDIA H100 PCIe": {"float32": 378.0, "bfloat16": 756.0},
+    "NVIDIA H100": {"float32": 494.7, "bfloat16": 989.4},
+    "NVIDIA A100": {"float32": 156.0, "bfloat16": 312.0},
+    "NVIDIA L4": {"float32": 60.0, "bfloat16": 121.0},
 }
 
 
-def peak_tflops(device) -> float | None:
+def peak_tflops(device, dtype: str = "float32") -> float | None:
   if _PEAK.value:
     return _PEAK.value
   if device.platform != "gpu":
     return None
-  for prefix, value in PEAK_TF32_TFLOPS.items():
+  for prefix, value in PEAK_TFLOPS.items():
     if device.device_kind.startswith(prefix):
-      return value
+      return value[dtype]
   return None
 
 
@@ -72,8 +79,9 @@ def _flops(compiled) -> float | None:
   return float(analysis["flops"])
 
 
-def bench(size: str) -> dict:
+def bench(size: str, dtype: str = "float32") -> dict:
   config = configs.get_config(_MODEL.value, size)
+  config.compute_dtype = dtype
   if _BATCH.value:
     config.batch_size = _BATCH.value
   if _CROP.value:
@@ -111,7 +119,8 @@ def bench(size: str) -> dict:
   elapsed = time.perf_counter() - start
   steps_per_sec = _STEPS.value / elapsed
   result = {
-      "config": f"{config.model}/{size}", "batch_size": config.batch_size,
+      "config": f"{config.model}/{size}", "compute_dtype": dtype,
+      "batch_size": config.batch_size,
       "crop_size": config.crop_size, "num_params": num_params,
       "compile_s": compile_s, "first_step_s": first_step_s,
       "steps_timed": _STEPS.value, "step_s": elapsed / _STEPS.value,
@@ -125,7 +134,7 @@ def bench(size: str) -> dict:
     total = flops * n
     result["flops_per_step"] = total
     result["achieved_tflops"] = total * steps_per_sec / 1e12
-    peak = peak_tflops(devices[0])
+    peak = peak_tflops(devices[0], dtype)
     if peak:
       result["peak_tflops_per_device"] = peak
       result["mfu"] = result["achieved_tflops"] / (n * peak)
@@ -142,13 +151,13 @@ def main(argv):
       "jax_version": jax.__version__,
       "results": [],
   }
-  for size in _SIZES.value:
-    result = bench(size)
+  for size, dtype in [(s, d) for s in _SIZES.value for d in _DTYPES.value]:
+    result = bench(size, dtype)
     report["results"].append(result)
     mfu = f", MFU {result['mfu']:.1%}" if "mfu" in result else ""
     tflops = (f", {result['achieved_tflops'] * 1e3:.1f} GFLOP/s"
               if result.get("achieved_tflops") is not None else "")
-    print(f"{result['config']}: batch {result['batch_size']}x{result['crop_size']}^2: "
+    print(f"{result['config']} {dtype}: batch {result['batch_size']}x{result['crop_size']}^2: "
           f"{result['steps_per_sec']:.3f} steps/s, {result['images_per_sec']:.2f} "
           f"images/s (compile {result['compile_s']:.1f} s){tflops}{mfu}", flush=True)
   if _OUTPUT.value:

@@ -12,11 +12,12 @@
 
 Takes the latest checkpoint of a training workdir (its config.json and orbax
 checkpoint), or a saved model folder (``--model``: config.json + params.npz, as
-a GPU run brings back; its step count is given with ``--steps``), stores the parameters as float16 (codec.save_params), loads them
-back exactly as ``Codec.load`` does, and measures the validation images with real
-bytes (``rd.evaluate_image``): per-image and mean bpp and PSNR go into the
-manifest, with the same figures for scikit-image's sample photos (for the
-regression test) and the fingerprint of the shipped parameters.
+a GPU run brings back; its step count is given with ``--steps``), stores the
+parameters as float16 (codec.save_params), loads them back exactly as
+``Codec.load`` does, and measures the validation images with real bytes
+(``rd.evaluate_image``): per-image and mean bpp and PSNR go into the manifest,
+with the same figures for scikit-image's sample photos (for the regression test)
+and the fingerprint of the shipped parameters.
 
 ``--remeasure NAME`` measures an already shipped model again (after a change of
 the container or the fingerprint: same weights, new bytes) and replaces only its

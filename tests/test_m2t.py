@@ -37,7 +37,7 @@ def _cached_bits(model, params, tokens):
   for i in range(sched.num_steps):
     cells, g = sched.group(i), int(sched.sizes[i])
     mixture, cache = step(params, prev, cache, np.int32(i), model.step_width(i))
-    mixture = jax.tree.map(lambda t: t[:, :g], mixture)
+    mixture = jax.tree.map(lambda t, g=g: t[:, :g], mixture)
     out[:, cells] = np.asarray(gmm.bits(mixture, tokens[:, cells], 1e-9))
     prev = np.zeros_like(prev)
     prev[:, :g] = tokens[:, cells]
