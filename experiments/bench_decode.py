@@ -31,6 +31,10 @@ not depend on them. The coding time does: a random model is miscalibrated, codes
 more bits and needs more wide tables (``wide_fraction``: the share of elements
 coded with +-R tables instead of narrow ones). ``--weights shipped`` loads the
 shipped model of each kind (its size must be --config's) with S set to --steps.
+
+Size schedules (--size-schedule, kinds with nested sizes such as 'nested'): each
+named schedule ('full', 'fast', 'smallest', or exits '2,2,1,0') is timed as its
+own record (``size_schedule``: the exits); kinds with one size run once.
 """
 
 import argparse
@@ -73,10 +77,10 @@ def _tokens(codec, image):
   return tokens, valid
 
 
-def _transformer_fn(codec, tokens, valid):
+def _transformer_fn(codec, tokens, valid, size_schedule=None):
   """The S decode steps, model only (no tables), fed with the true values: a
   Python loop of jitted steps, through the entropy-model interface."""
-  model = codec.entropy_model
+  model = codec.entropy_coder.scheduled(size_schedule)
   params = codec.params["entropy_model"]
   plan = model.coding_plan()
   step = jax.jit(lambda p, s, i, shape: model.apply({"params": p}, s, i, shape,
@@ -141,11 +145,12 @@ def _codec(size: str, kind: str, steps: int, weights: str) -> Codec:
 
 
 def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats: int,
-              decode_rss: bool = False, weights: str = "random"):
+              decode_rss: bool = False, weights: str = "random", size_schedule=None):
   codec = _codec(size, kind, steps, weights)
   config = codec.config
   image = _photo(width, height)
-  data = codec.compress(image)
+  data = codec.compress(image, size_schedule=size_schedule)
+  model = codec.entropy_coder.scheduled(size_schedule)
   t0 = time.perf_counter()
   codec.decompress(data)
   first = time.perf_counter() - t0
@@ -163,7 +168,7 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
   # Table building alone, as the codec does it (narrow tables for every element,
   # to the host; wide ones for the elements they flag) over the mixtures of all
   # decode steps, flattened to (elements, K).
-  mixture = _all_mixtures(codec, np.asarray(tokens), valid)
+  mixture = _all_mixtures(codec, model, np.asarray(tokens), valid)
   narrow = jax.jit(lambda m: gmm.coding_tables(m, coding_tables.narrow_radius(config),
                                                config.gmm.prob_floor))
   _, pmf = narrow(mixture)
@@ -182,6 +187,8 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
 
   record = {
       "config": size, "model": kind, "steps": steps,
+      "size_schedule": size_schedule,
+      "size_schedule_exits": list(model.resolve_size_schedule(size_schedule)),
       "decode_steps": len(codec.entropy_model.coding_plan()),
       "image_size": f"{width}x{height}",
       "num_patches": int(tokens.shape[0]), "bytes": len(data),
@@ -191,11 +198,10 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
       "wide_fraction": wide.size / pmf[..., 0].size, "weights": weights,
       "compile_s": max(first - med["full_decode_s"], 0.0),
   }
-  run = _transformer_fn(codec, tokens, valid)
+  run = _transformer_fn(codec, tokens, valid, size_schedule)
   jax.block_until_ready(run())
   record["transformer_s"] = _median_time(run, repeats)
-  one_pass = jax.jit(lambda p, t: codec.entropy_model.apply({"params": p}, t, t,
-                                                            method="rate").bits)
+  one_pass = jax.jit(lambda p, t: model.apply({"params": p}, t, t, method="rate").bits)
   jax.block_until_ready(one_pass(codec.params["entropy_model"], tokens))
   record["one_pass_s"] = _median_time(
       lambda: one_pass(codec.params["entropy_model"], tokens), repeats)
@@ -209,18 +215,17 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
   return record
 
 
-def _all_mixtures(codec, tokens, valid) -> gmm.Mixture:
+def _all_mixtures(codec, model, tokens, valid) -> gmm.Mixture:
   """The mixtures of every decode step (true values fed back), fields (M, K)."""
   parts = []
-  for step in CodingLoop(codec.entropy_model, codec.params["entropy_model"],
-                         codec.config, valid):
+  for step in CodingLoop(model, codec.params["entropy_model"], codec.config, valid):
     parts.append(jax.tree.map(lambda t: t.reshape(-1, t.shape[-1]), step.mixture))
     step.feed(step.take(tokens))
   return jax.tree.map(lambda *ts: jnp.concatenate(ts), *parts)
 
 
 def _markdown(records) -> str:
-  cols = ["model", "steps", "decode_steps", "image_size", "num_patches", "one_pass_s",
+  cols = ["model", "size_schedule", "steps", "decode_steps", "image_size", "num_patches", "one_pass_s",
           "transformer_s", "full_decode_s", "coding_s",
           "synthesis_s", "wide_fraction", "compile_s", "peak_rss_mb", "decode_peak_rss_mb"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -241,10 +246,12 @@ def _plot(records, path):
   except ImportError:
     return False
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for kind in dict.fromkeys(r["model"] for r in records):
-    rs = sorted((r for r in records if r["model"] == kind), key=lambda r: r["decode_steps"])
+  label = lambda r: r["model"].upper() + (f" [{r['size_schedule']}]"
+                                          if r.get("size_schedule") else "")
+  for name in dict.fromkeys(map(label, records)):
+    rs = sorted((r for r in records if label(r) == name), key=lambda r: r["decode_steps"])
     ax.plot([r["decode_steps"] for r in rs], [r["transformer_s"] for r in rs], "o-",
-            label=kind.upper())
+            label=name)
   floor = [r["one_pass_s"] for r in records]
   ax.axhline(min(floor), color="grey", ls="--", label="one pass (fastest kind)")
   ax.set_xlabel("decode steps S")
@@ -268,6 +275,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--output", default="out/bench_decode.json")
   parser.add_argument("--weights", default="random", choices=["random", "shipped"])
+  parser.add_argument("--size-schedule", nargs="+", default=None,
+                      help="kinds with nested sizes: schedules to time, e.g. full "
+                           "fast smallest 2,2,1,0 (default: the model's)")
   parser.add_argument("--decode-rss", action="store_true",
                       help="also measure a decode-only process's peak memory")
   args = parser.parse_args(argv)
@@ -278,12 +288,15 @@ def main(argv=None):
   records = []
   for steps in args.steps:
     for kind in kinds:
-      record = bench_one(args.config, kind, steps, width, height, args.repeats,
-                         args.decode_rss, args.weights)
-      records.append(record)
-      print(json.dumps(record), file=sys.stderr, flush=True)
+      scheduled = registry.build(get_config(kind, args.config)).resolve_size_schedule()
+      for size_schedule in (args.size_schedule or [None]) if scheduled else [None]:
+        record = bench_one(args.config, kind, steps, width, height, args.repeats,
+                           args.decode_rss, args.weights, size_schedule)
+        records.append(record)
+        print(json.dumps(record), file=sys.stderr, flush=True)
   for steps in args.steps:
-    by = {r["model"]: r for r in records if r["steps"] == steps}
+    by = {r["model"]: r for r in records if r["steps"] == steps
+          and not r["size_schedule"]}
     if "mt" in by and "m2t" in by:  # the paper's headline ratio (Fig. 4)
       by["m2t"]["mt_over_m2t"] = by["mt"]["transformer_s"] / by["m2t"]["transformer_s"]
   for r in records:

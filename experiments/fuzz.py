@@ -10,7 +10,8 @@ EntropyCoder latent stream) are mutated in two families:
   container CRC should catch all of them);
 * forged, the CRC recomputed as an attacker would: each header field edited
   (height/width, steps, kind, order, alpha, fingerprint, latent CRC, writer
-  backend/JAX, payload length), payload bytes flipped, inserted or cut, and
+  backend/JAX, payload length, size schedule: other lengths and random exits),
+  payload bytes flipped, inserted or cut, and
   whole payloads replaced by random words.
 
 Each mutated stream is decoded (``decompress_latent`` / ``decompress``) under
@@ -55,7 +56,7 @@ from m2t_jax.entropy import patches, registry
 # large one within the default max_pixels and ones far beyond it.
 FORGED_SIZES = ((31, 50), (64, 64), (1, 1), (1024, 768), (65536, 65536), (9460, 9460))
 IMAGE_SIZES = ((30, 50), (1, 1), (70, 90))
-_H = struct.Struct("<4sBBBBfII16sIB3BI")  # bitstream's v3 header, for forging.
+_H = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..48 of a v4 stream, for forging.
 
 
 class _Timeout(Exception):
@@ -72,10 +73,11 @@ def _recrc(body: bytes) -> bytes:
 
 def _forge(data: bytes, rng: np.random.Generator,
            forged_sizes=FORGED_SIZES) -> tuple[str, bytes]:
-  """A structured edit of a v3 stream with its CRC recomputed: (name, stream)."""
+  """A structured edit of a v4 stream with its CRC recomputed: (name, stream)."""
   fields = list(_H.unpack_from(data))
-  payload = data[_H.size:-4]
-  edit = int(rng.integers(0, 12))
+  schedule = data[_H.size:_H.size + 1 + data[_H.size]]  # n, then n exits
+  payload = data[_H.size + len(schedule):-4]
+  edit = int(rng.integers(0, 13))
   if edit == 0:
     fields[6], fields[7] = forged_sizes[int(rng.integers(0, len(forged_sizes)))]
     name = "size"
@@ -106,6 +108,10 @@ def _forge(data: bytes, rng: np.random.Generator,
   elif edit == 8:
     fields[14] = int(rng.integers(0, 2**32))
     name = "payload-length"
+  elif edit == 11:
+    n = int(rng.choice([0, len(schedule) - 1, fields[4], int(rng.integers(0, 256))]))
+    schedule = bytes([n]) + rng.integers(0, 4, n, dtype=np.uint8).tobytes()
+    name = "size-schedule"
   elif edit in (9, 10) and payload:
     p = bytearray(payload)
     if edit == 9:
@@ -120,7 +126,7 @@ def _forge(data: bytes, rng: np.random.Generator,
   else:
     payload = rng.integers(0, 256, 4 * int(rng.integers(0, 64)), dtype=np.uint8).tobytes()
     fields[14], name = len(payload), "payload-random"
-  return name, _recrc(_H.pack(*fields) + payload)
+  return name, _recrc(_H.pack(*fields) + schedule + payload)
 
 
 def _raw(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:

@@ -141,12 +141,21 @@ class Codec:
     return np.asarray(x)[0, :height, :width]
 
   # --- images <-> bytes ---------------------------------------------------------
-  def compress(self, image: np.ndarray) -> bytes:
-    """uint8 (H, W, 3) -> bytes (header + range-coded y_hat + CRC)."""
-    image = check_image(image)
-    return self.compress_latent(self.analyze(image), *image.shape[:2])
+  def compress(self, image: np.ndarray, size_schedule=None) -> bytes:
+    """uint8 (H, W, 3) -> bytes (header + range-coded y_hat + CRC).
 
-  def compress_latent(self, y_hat: np.ndarray, height: int, width: int) -> bytes:
+    size_schedule: for a nested model (kind 'nested'), the model exit of each
+      decode step: None (the model's default), 'full', 'fast', 'smallest' or a
+      sequence / 'e,e,...' of exit indices whose exits never increase. The
+      stream records it and ``decompress`` runs it. Other kinds take only None.
+      ValueError for a schedule the model cannot run.
+    """
+    image = check_image(image)
+    self.entropy_model.resolve_size_schedule(size_schedule)  # before the analysis
+    return self.compress_latent(self.analyze(image), *image.shape[:2], size_schedule)
+
+  def compress_latent(self, y_hat: np.ndarray, height: int, width: int,
+                      size_schedule=None) -> bytes:
     """Codes an integer latent (1, h, w, C) of an image of ``height`` x ``width``
     (``compress`` calls this; public so that any latent can be coded)."""
     y_hat = np.asarray(y_hat)
@@ -155,9 +164,10 @@ class Codec:
       raise ValueError(f"Latent of shape {y_hat.shape} does not fit a {height}x{width} "
                        f"image (expected {expected}).")
     y = check_latent(y_hat[0], self.config.latent_channels)[None]
-    payload = self.entropy_coder.encode_tokens(y)
+    schedule = self.entropy_model.resolve_size_schedule(size_schedule)
+    payload = self.entropy_coder.encode_tokens(y, schedule)
     header = self.entropy_coder.header(height, width, bitstream.latent_crc(y),
-                                       self.fingerprint)
+                                       self.fingerprint, schedule)
     return bitstream.pack(header, payload)
 
   def read_header(self, data: bytes) -> bitstream.Header:
@@ -212,7 +222,7 @@ class Codec:
     return self.entropy_coder.decode_tokens(
         payload, *latent_size(header.height, header.width), num_steps, header=header)
 
-  def estimate(self, image: np.ndarray) -> dict:
+  def estimate(self, image: np.ndarray, size_schedule=None) -> dict:
     """The model's rate estimate and reconstruction of the y_hat that compress codes.
 
     Returns {"bits": float, "bpp": float, "reconstruction": uint8 (H, W, 3),
@@ -223,7 +233,7 @@ class Codec:
     image = check_image(image)
     height, width = image.shape[:2]
     y_hat = self.analyze(image)
-    bits = self.entropy_coder.estimate_bits(y_hat)
+    bits = self.entropy_coder.estimate_bits(y_hat, size_schedule)
     return {"bits": bits, "bpp": bits / (height * width), "y_hat": y_hat,
             "reconstruction": self.reconstruct(y_hat, height, width)}
 

@@ -18,15 +18,17 @@ _PAYLOAD = b"\x01\x02\x03\x04\xff\x00\x10\x20"
 
 def _craft(*, magic=bs.MAGIC, version=bs.FORMAT_VERSION, kind=1, order=0, steps=12, alpha=2.0,
            height=512, width=768, fingerprint=bytes(range(16)), latent_crc=0xDEADBEEF,
-           backend=2, jax=(0, 4, 38), payload=_PAYLOAD, payload_len=None, extra=b""):
-  """A version 3 stream with arbitrary raw field values and a valid CRC over it
-  (the layout written out from the module docstring's table)."""
+           backend=2, jax=(0, 4, 38), payload=_PAYLOAD, payload_len=None, extra=b"",
+           schedule=b"\x00"):
+  """A version 4 stream with arbitrary raw field values and a valid CRC over it
+  (the layout written out from the module docstring's table); ``schedule`` is
+  the raw size-schedule block (n, then n bytes), absent from version 3."""
   if payload_len is None:
     payload_len = len(payload)
   body = (magic + bytes([version, kind, order, steps]) + struct.pack("<f", alpha)
           + struct.pack("<II", height, width) + fingerprint
           + struct.pack("<I", latent_crc) + bytes([backend, *jax])
-          + struct.pack("<I", payload_len) + payload + extra)
+          + struct.pack("<I", payload_len) + schedule + payload + extra)
   return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -40,7 +42,7 @@ def _craft_v2(version=2):
 def test_round_trip():
   data = bs.pack(_HEADER, _PAYLOAD)
   assert len(data) == bs.HEADER_BYTES + len(_PAYLOAD)
-  assert bs.HEADER_BYTES == 52
+  assert bs.HEADER_BYTES == 53
   assert data[:4] == b"M2TJ"
   header, payload = bs.unpack(data)
   assert header == _HEADER
@@ -92,11 +94,33 @@ def test_not_bytes():
     (_craft(alpha=0.0), "alpha"),
     (_craft(alpha=-1.0), "alpha"),
     (_craft(extra=b"\x00"), "payload length mismatch"),
+    (_craft(schedule=b"\x03\x02\x01\x00"), "size_schedule must be"),  # 3 of 12 steps
+    (_craft(schedule=b"\xff" + bytes(12)), "size_schedule must be|truncated|mismatch"),
+    (_craft(schedule=b"", payload=b""), "truncated"),  # 52 bytes: v4 needs 53
     (_craft(payload_len=len(_PAYLOAD) + 1), "payload length mismatch"),
 ])
 def test_each_check(data, match):
   with pytest.raises(bs.BitstreamError, match=match):
     bs.unpack(data)
+
+
+def test_size_schedule_round_trip_and_overhead():
+  header = dataclasses.replace(_HEADER, size_schedule=(2,) * 6 + (1,) * 4 + (0, 0))
+  data = bs.pack(header, _PAYLOAD)
+  assert len(data) == bs.HEADER_BYTES + 12 + len(_PAYLOAD)
+  assert data == _craft(schedule=bytes([12, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0]))
+  assert bs.unpack(data) == (header, _PAYLOAD)
+  assert "exits 2,2,2,2,2,2,1,1,1,1,0,0" in bs.describe(header, len(_PAYLOAD))
+
+
+def test_version_3_streams_still_read():
+  # Version 3 is version 4 without the size-schedule block (52 bytes of overhead).
+  data = _craft(version=3, schedule=b"")
+  assert len(data) == 52 + len(_PAYLOAD)
+  header, payload = bs.unpack(data)
+  assert payload == _PAYLOAD and header == _HEADER and header.size_schedule == ()
+  assert "format version 3" in bs.describe(header, len(payload), version=3)
+  assert "(8 payload + 52 header/CRC)" in bs.describe(header, len(payload), version=3)
 
 
 def test_version_byte_is_believed_only_after_the_crc():
@@ -189,5 +213,5 @@ def test_describe():
                "gpu, JAX 0.4.38", "deadbeef"]:
     assert part in text
   text = bs.describe(_HEADER, payload_bytes=1000)
-  assert "1052 bytes" in text
-  assert f"{8 * 1052 / (512 * 768):.4f} bpp" in text
+  assert "1053 bytes" in text
+  assert f"{8 * 1053 / (512 * 768):.4f} bpp" in text

@@ -1,6 +1,6 @@
 """The ``m2t`` command.
 
-  m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]]
+  m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--size-schedule S]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
   m2t info FILE
   m2t demo [--output DIR]
@@ -20,6 +20,9 @@ if the run finished, else its latest checkpoint; it prints which.
 pipeline. ``decompress`` refuses a stream whose header claims more than
 ``--max-pixels`` pixels (default 89,478,485, Pillow's decompression-bomb limit)
 before allocating anything; raise it for large images you trust.
+``compress --size-schedule`` picks the decode-time model sizes of a nested model
+(kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0');
+the stream records it and ``m2t info`` shows it. Other kinds refuse it.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
@@ -42,7 +45,7 @@ def _compress(args):
   image, notes = images.read_rgb(args.input)
   for note in notes:
     print(f"m2t: note: {note}", file=sys.stderr)
-  data = _codec(args).compress(image)
+  data = _codec(args).compress(image, size_schedule=args.size_schedule)
   with open(args.output, "wb") as f:
     f.write(data)
   h, w = image.shape[:2]
@@ -70,7 +73,7 @@ def _info(args):
   with open(args.input, "rb") as f:
     data = f.read()
   header, payload = bitstream.unpack(data)
-  print(bitstream.describe(header, len(payload)))
+  print(bitstream.describe(header, len(payload), version=data[4]))
 
 
 def _summary(args):
@@ -160,6 +163,11 @@ def _parser():
     p.add_argument("--config", default=None,
                    help="random model from a config, e.g. m2t:tiny (testing only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
+    if name == "compress":
+      p.add_argument("--size-schedule", default=None,
+                     help="nested models: the exit of each decode step, a name "
+                          "('full', 'fast', 'smallest') or indices '2,2,1,0' "
+                          "(default: the model's)")
     if name == "decompress":
       from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
       p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

@@ -1,4 +1,4 @@
-"""Container format for one compressed image or latent (format version 3).
+"""Container format for one compressed image or latent (format version 4).
 
 Every multi-byte field is little-endian. Offsets are in bytes; L is the payload
 length.
@@ -20,11 +20,16 @@ length.
 |     40 |    1 | u8      | backend that wrote it: 0 other, 1 cpu, 2 gpu, 3 tpu |
 |     41 |    3 | 3 x u8  | JAX version that wrote it (major, minor, micro)     |
 |     44 |    4 | u32     | payload length L                                    |
-|     48 |    L | bytes   | payload (range coder words)                         |
-|   48+L |    4 | u32     | CRC32 (zlib) of bytes [0, 48+L)                     |
+|     48 |    1 | u8      | size schedule length n: 0, or the number of steps   |
+|     49 |    n | n x u8  | size schedule: the model exit of each decode step   |
+|        |      |         | (nested models, ``entropy/nested.py``)              |
+|   49+n |    L | bytes   | payload (range coder words)                         |
+| 49+n+L |    4 | u32     | CRC32 (zlib) of bytes [0, 49+n+L)                   |
 
-The fixed overhead is ``HEADER_BYTES`` = 52 bytes (the 48-byte header plus the
-CRC). The image size is the original, uncropped one, so the decoder can pad and
+The fixed overhead is ``HEADER_BYTES`` = 53 bytes (the 49-byte header plus the
+CRC) and one byte per step of a size schedule. Version 3 streams (the same
+without bytes 48..48+n, 52 bytes of overhead) are still read, as streams with an
+empty size schedule. The image size is the original, uncropped one, so the decoder can pad and
 crop exactly as the encoder did. The fingerprint lets the decoder refuse a stream
 written by a different model instead of decoding garbage.
 
@@ -66,7 +71,8 @@ import numpy as np
 from m2t_jax.entropy import registry
 
 MAGIC = b"M2TJ"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 ORDERS = ("qlds", "random", "raster", "entropy")  # Index = stored byte.
 BACKENDS = ("other", "cpu", "gpu", "tpu")  # Index = stored byte.
 MAX_IMAGE_SIDE = 2**16
@@ -77,9 +83,11 @@ FINGERPRINT_BYTES = 16
 # ``m2t decompress --max-pixels`` raise it for streams one trusts.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-_HEADER = struct.Struct("<4sBBBBfII16sIB3BI")
+_HEADER = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..48, versions 3 and 4
 _CRC = struct.Struct("<I")
-HEADER_BYTES = _HEADER.size + _CRC.size  # 52: bytes of a stream besides the payload.
+# 53: bytes of a version 4 stream besides the payload (and its size schedule).
+HEADER_BYTES = _HEADER.size + 1 + _CRC.size
+_V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
 _MAX_PAYLOAD = 2**32 - 1
 
 
@@ -163,6 +171,8 @@ class Header:
       process's).
     jax: the JAX version of the writer, (major, minor, micro) each 0..255
       (default: this process's).
+    size_schedule: the exit of each decode step (each 0..255), or () for a
+      model with one size; the decoding model checks that it can run it.
   """
   model_kind: str
   order: str
@@ -174,6 +184,7 @@ class Header:
   latent_crc: int
   backend: str = dataclasses.field(default_factory=_default_backend)
   jax: tuple = dataclasses.field(default_factory=_default_jax)
+  size_schedule: tuple = ()
 
   @property
   def writer(self) -> str:
@@ -225,6 +236,11 @@ def _header_problem(header: Header) -> str | None:
   if (not isinstance(header.jax, tuple) or len(header.jax) != 3
       or not all(_is_int(x) and 0 <= x <= 255 for x in header.jax)):
     return f"jax must be 3 integers in [0, 255], got {header.jax!r}"
+  schedule = header.size_schedule
+  if (not isinstance(schedule, tuple) or len(schedule) not in (0, header.num_steps)
+      or not all(_is_int(x) and 0 <= x <= 255 for x in schedule)):
+    return (f"size_schedule must be () or {header.num_steps} (num_steps) integers in "
+            f"[0, 255], got {schedule!r}")
   return None
 
 
@@ -256,7 +272,8 @@ def pack(header: Header, payload: bytes) -> bytes:
       MAGIC, FORMAT_VERSION, registry.get(header.model_kind).code,
       ORDERS.index(header.order), header.num_steps, float(header.alpha),
       header.height, header.width, header.fingerprint, header.latent_crc,
-      BACKENDS.index(header.backend), *header.jax, len(payload)) + payload
+      BACKENDS.index(header.backend), *header.jax, len(payload))
+  body += bytes([len(header.size_schedule), *header.size_schedule]) + payload
   return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -298,9 +315,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
           f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
           f"least {HEADER_BYTES}; the file was cut short (or is corrupted)")
     hint = ""
-    if len(data) >= HEADER_BYTES and data[4] == FORMAT_VERSION:
+    if len(data) >= HEADER_BYTES and data[4] in READABLE_VERSIONS:
       # Fields are untrusted here; the length is only a hint for the message.
-      expected = HEADER_BYTES + _HEADER.unpack_from(data)[-1]
+      expected = _V3_HEADER_BYTES + _HEADER.unpack_from(data)[-1]
+      if data[4] == 4:
+        expected += 1 + data[_HEADER.size]
       if expected != len(data):
         hint = (f"; the header declares {expected} bytes in all but the stream has "
                 f"{len(data)}, so it may be truncated or have extra bytes appended")
@@ -318,11 +337,12 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(
         f"stream written in format version {version} by an older m2t_jax, {why}; "
         f"decode it with m2t_jax {last} (git history), or compress the image again")
-  if version != FORMAT_VERSION:
+  if version not in READABLE_VERSIONS:
     raise BitstreamError(
         f"unsupported format version {version} (this m2t_jax reads "
-        f"{FORMAT_VERSION}); the stream is corrupted")
-  if len(data) < HEADER_BYTES:
+        f"{READABLE_VERSIONS}); the stream is corrupted")
+  overhead = HEADER_BYTES if version == 4 else _V3_HEADER_BYTES
+  if len(data) < overhead:
     raise BitstreamError(
         f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
         f"least {HEADER_BYTES}; the file was cut short or is empty")
@@ -336,42 +356,54 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(f"invalid header: unknown schedule order byte {order}")
   if backend >= len(BACKENDS):
     raise BitstreamError(f"invalid header: unknown backend byte {backend}")
+  schedule = ()
+  if version == 4:  # n, then n exits (n is checked against num_steps below)
+    start = _HEADER.size + 1
+    schedule = tuple(data[start:min(start + data[_HEADER.size], len(data) - _CRC.size)])
+    overhead += len(schedule)
   header = Header(model_kind=kind_entry.name, order=ORDERS[order],
                   num_steps=num_steps, alpha=alpha, height=height, width=width,
                   fingerprint=fingerprint, latent_crc=crc_latent,
-                  backend=BACKENDS[backend], jax=(jax_major, jax_minor, jax_micro))
+                  backend=BACKENDS[backend], jax=(jax_major, jax_minor, jax_micro),
+                  size_schedule=schedule)
   problem = _header_problem(header)
   if problem:
     raise BitstreamError(f"invalid header: {problem}")
-  if HEADER_BYTES + payload_len != len(data):
+  if overhead + payload_len != len(data):
     raise BitstreamError(
         f"payload length mismatch: the header declares {payload_len} payload bytes "
-        f"({HEADER_BYTES + payload_len} in all) but the stream has {len(data)} "
+        f"({overhead + payload_len} in all) but the stream has {len(data)} "
         "bytes; it is truncated or has trailing bytes")
-  return header, data[_HEADER.size:_HEADER.size + payload_len]
+  start = overhead - _CRC.size
+  return header, data[start:start + payload_len]
 
 
-def describe(header: Header, payload_bytes: int | None = None) -> str:
+def describe(header: Header, payload_bytes: int | None = None,
+             version: int = FORMAT_VERSION) -> str:
   """Multi-line human-readable summary of a header, for ``m2t info``.
 
   Args:
     header: as returned by ``unpack``.
     payload_bytes: optional payload length; if given, sizes and the bits per
       pixel of the whole stream (header and CRC included) are added.
+    version: the stream's format version (byte 4).
   """
   lines = [
-      f"m2t_jax stream, format version {FORMAT_VERSION}",
+      f"m2t_jax stream, format version {version}",
       f"  model:       {header.model_kind}",
       f"  fingerprint: {header.fingerprint.hex()}",
       f"  image:       {header.width} x {header.height} pixels (width x height)",
       f"  schedule:    {header.order}, {header.num_steps} steps, "
       f"alpha {header.alpha:g}",
+      *([f"  size schedule: exits {','.join(map(str, header.size_schedule))} "
+         "(model exit of each step)"] if header.size_schedule else []),
       f"  written on:  {header.writer}",
       f"  latent CRC:  {header.latent_crc:08x}",
   ]
   if payload_bytes is not None:
-    total = HEADER_BYTES + payload_bytes
+    overhead = _V3_HEADER_BYTES if version == 3 else HEADER_BYTES
+    total = overhead + len(header.size_schedule) + payload_bytes
     bpp = 8 * total / (header.height * header.width)
     lines.append(f"  size:        {total} bytes ({payload_bytes} payload + "
-                 f"{HEADER_BYTES} header/CRC), {bpp:.4f} bpp")
+                 f"{total - payload_bytes} header/CRC), {bpp:.4f} bpp")
   return "\n".join(lines)

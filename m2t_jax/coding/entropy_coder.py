@@ -148,13 +148,17 @@ class EntropyCoder:
     return f"{self.config.model}:{self.config.size} ({self.fingerprint.hex()[:12]})"
 
   # --- latents <-> bytes --------------------------------------------------------
-  def compress(self, y_hat) -> bytes:
+  def compress(self, y_hat, size_schedule=None) -> bytes:
     """Integer latent (h, w, C) -> bytes (header + range-coded values + CRC).
-    LatentError (before anything is written) for a latent the coder cannot take."""
+    LatentError (before anything is written) for a latent the coder cannot take.
+    size_schedule: a nested model's exits per step (``resolve_size_schedule``:
+    None = the model's default, a name, or indices); ValueError for one the model
+    cannot run. The stream records it; the decoder runs it."""
     y = check_latent(y_hat, self.latent_channels)
-    payload = self.encode_tokens(y[None])
-    return bitstream.pack(self.header(y.shape[0], y.shape[1], bitstream.latent_crc(y)),
-                          payload)
+    schedule = self.model.resolve_size_schedule(size_schedule)
+    payload = self.encode_tokens(y[None], schedule)
+    return bitstream.pack(self.header(y.shape[0], y.shape[1], bitstream.latent_crc(y),
+                                      size_schedule=schedule), payload)
 
   def decompress(self, data: bytes) -> np.ndarray:
     """bytes -> int64 (h, w, C). Raises BitstreamError for any bad stream
@@ -166,14 +170,20 @@ class EntropyCoder:
     return self.decode_tokens(payload, header.height, header.width, header=header)[0]
 
   def header(self, height: int, width: int, crc: int,
-             fingerprint_bytes: bytes | None = None) -> bitstream.Header:
+             fingerprint_bytes: bytes | None = None,
+             size_schedule: tuple = ()) -> bitstream.Header:
     """The header of a stream of this model: schedule fields from the config,
     ``crc`` = ``bitstream.latent_crc`` of the coded latent, this process's
-    backend and JAX version."""
+    backend and JAX version, the resolved ``size_schedule``."""
     s = self.config.schedule
     return bitstream.Header(self.config.model, s.order, len(self.model.coding_plan()),
                             float(s.alpha), height, width,
-                            fingerprint_bytes or self.fingerprint, crc)
+                            fingerprint_bytes or self.fingerprint, crc,
+                            size_schedule=tuple(size_schedule))
+
+  def scheduled(self, size_schedule=None):
+    """The entropy model running ``size_schedule`` (None = its default)."""
+    return self.model.with_size_schedule(self.model.resolve_size_schedule(size_schedule))
 
   def unpack(self, data, fingerprint_bytes: bytes | None = None, hint: str = ""):
     """(header, payload) of a stream this model wrote; BitstreamError otherwise.
@@ -205,6 +215,12 @@ class EntropyCoder:
           f"{header.fingerprint.hex()[:12]}); this one is {self.config.model}:"
           f"{self.config.size} ({expected.fingerprint.hex()[:12]}). Decode it with "
           f"the model that wrote it.{hint}")
+    try:
+      self.model.with_size_schedule(header.size_schedule)
+    except ValueError as e:
+      raise BitstreamError(f"The stream's size schedule {header.size_schedule} cannot "
+                           f"run on this model ({self.config.model}:"
+                           f"{self.config.size}): {e}{hint}") from e
     return header, payload
 
   # --- the loop, four ways ------------------------------------------------------
@@ -212,8 +228,9 @@ class EntropyCoder:
     tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.int32), self.config.patch_size)
     return np.asarray(tokens).astype(np.int64), np.asarray(valid)
 
-  def _loop(self, valid) -> CodingLoop:
-    return CodingLoop(self.model, self.params, self.config, valid)
+  def _loop(self, valid, model=None) -> CodingLoop:
+    return CodingLoop(self.model if model is None else model, self.params,
+                      self.config, valid)
 
   def _tables(self, step):
     """(narrow mask, wide mask, narrow tables, wide tables or None) of a step's
@@ -225,12 +242,12 @@ class EntropyCoder:
     narrow = step.todo & ~wide
     return narrow, wide, step.pmf[narrow], wide_pmf
 
-  def encode_tokens(self, y_hat: np.ndarray) -> bytes:
-    """Range-coded payload of an int latent (1, h, w, C); LatentError first if
-    the coder cannot take it."""
+  def encode_tokens(self, y_hat: np.ndarray, size_schedule=None) -> bytes:
+    """Range-coded payload of an int latent (1, h, w, C) (with ``size_schedule``,
+    see ``compress``); LatentError first if the coder cannot take it."""
     tokens, valid = self._tokens(check_latent(y_hat, self.latent_channels, batched=True))
     encoder = range_coder.new_encoder()
-    for step in self._loop(valid):
+    for step in self._loop(valid, self.scheduled(size_schedule)):
       group = step.take(tokens)
       narrow, wide, narrow_pmf, wide_pmf = self._tables(step)
       range_coder.encode_group(encoder, group[narrow], step.centers[narrow], narrow_pmf)
@@ -241,7 +258,8 @@ class EntropyCoder:
 
   def decode_tokens(self, payload: bytes, h: int, w: int, num_steps: int | None = None,
                     timings: dict | None = None,
-                    header: bitstream.Header | None = None) -> np.ndarray:
+                    header: bitstream.Header | None = None,
+                    size_schedule=None) -> np.ndarray:
     """The latent (1, h, w, C) of a payload: int64, or float64 when ``num_steps``
     = k < S (progressive decoding: groups from step k on hold their predicted
     mixture means; the model's steps run on, fed with those means).
@@ -252,10 +270,13 @@ class EntropyCoder:
       container): a full decode is then checked against its latent CRC, and
       every failure raises ``DecodeMismatchError`` naming writer and reader.
       Without it, failures raise ``BitstreamError``.
+    size_schedule: the header's, when given; else this (see ``compress``).
     """
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), self.config.patch_size)
     valid = np.asarray(valid)
-    loop = self._loop(valid)
+    model = (self.model.with_size_schedule(header.size_schedule) if header is not None
+             else self.scheduled(size_schedule))
+    loop = self._loop(valid, model)
     total = len(loop)
     if num_steps is not None and not 0 <= num_steps <= total:
       raise ValueError(f"num_steps must be in 0..{total}, got {num_steps}.")
@@ -319,28 +340,30 @@ class EntropyCoder:
         f"stream was written on {header.writer} and is being read on {reader}. "
         f"{advice}")
 
-  def estimate_bits(self, y_hat: np.ndarray) -> float:
+  def estimate_bits(self, y_hat: np.ndarray, size_schedule=None) -> float:
     """The model's rate of an int latent (1, h, w, C) in bits, from the continuous
     bin masses (the training formula), not the quantised tables: one pass for a
     ``one_pass_rate`` model, else the decode loop's distributions."""
     y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     if self.model.one_pass_rate:
-      return self.one_pass_bits(y_hat)
+      return self.one_pass_bits(y_hat, size_schedule)
     tokens, valid = self._tokens(y_hat)
     bits = 0.0
-    for step in self._loop(valid):
+    for step in self._loop(valid, self.scheduled(size_schedule)):
       group = step.take(tokens)
       elem = np.asarray(element_bits(step.mixture, group, self.config.gmm.prob_floor))
       bits += float(elem[step.todo].sum())
       step.feed(group)
     return bits
 
-  def one_pass_bits(self, y_hat: np.ndarray) -> float:
+  def one_pass_bits(self, y_hat: np.ndarray, size_schedule=None) -> float:
     """Bits of ``rate(tokens, tokens)`` over the valid cells (eval mode)."""
     y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), self.config.patch_size)
-    if not hasattr(self, "_rate_fn"):
-      self._rate_fn = determinism.jit(lambda p, t: self.model.apply({"params": p}, t, t,
-                                                            method="rate").bits)
-    elem = self._rate_fn(self.params, tokens)
+    model = self.scheduled(size_schedule)
+    self._rate_fns = getattr(self, "_rate_fns", {})
+    if model not in self._rate_fns:
+      self._rate_fns[model] = determinism.jit(
+          lambda p, t: model.apply({"params": p}, t, t, method="rate").bits)
+    elem = self._rate_fns[model](self.params, tokens)
     return float(jnp.sum(elem * valid[..., None]))

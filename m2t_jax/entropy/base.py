@@ -38,6 +38,15 @@ pads its groups to two widths. Compilations cost seconds each on a GPU.
 the distributions the decode steps give (M2T's teacher-forced pass), so a rate
 estimate needs no decode loop.
 
+4. **Size schedules** (decode-time model scaling, SEED_MODELS.md §2), only for
+   kinds with nested model sizes (``entropy/nested.py``):
+   ``resolve_size_schedule(spec)`` turns the encoder's choice (None = the
+   config's default, a name, or one exit index per step) into a tuple of exit
+   indices, which the stream stores; ``with_size_schedule(schedule)`` is the
+   model running it (a clone: the parameters are the same for every schedule).
+   Both raise ValueError for a schedule the model cannot run. Kinds with one
+   size keep the defaults: only the empty schedule ().
+
 A kind also has ``from_config(config)`` (the module of a config) and
 ``validate_config(config)`` (ValueError for its impossible settings); the registry
 (``entropy/registry.py``) maps ``config.model`` to the class.
@@ -141,6 +150,24 @@ class EntropyModel(nn.Module):
                     values: np.ndarray) -> State:
     """Writes the step's values (N, g, c) (decoded, or true ones when encoding)."""
     raise NotImplementedError
+
+  # --- size schedules (kinds with nested sizes override both) -----------------
+  def resolve_size_schedule(self, spec=None) -> tuple[int, ...]:
+    """The exit index of every decode step that ``spec`` names; () for a kind
+    with one size, which accepts only None or an empty spec."""
+    if spec is None or (not isinstance(spec, str) and len(spec) == 0):
+      return ()
+    raise ValueError(f"Model kind {type(self).__name__} has one model size, so it "
+                     f"takes no size schedule (got {spec!r}); size schedules need a "
+                     "kind with nested model sizes.")
+
+  def with_size_schedule(self, schedule: tuple[int, ...]) -> "EntropyModel":
+    """This model decoding with ``schedule`` (from ``resolve_size_schedule`` or
+    a stream's header); ValueError when it cannot run it."""
+    if len(schedule):
+      raise ValueError(f"Model kind {type(self).__name__} has one model size; a "
+                       f"size schedule {tuple(schedule)} cannot run on it.")
+    return self
 
 
 def shifted_cache_step(model, state, step: int, cells):

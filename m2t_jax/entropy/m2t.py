@@ -115,13 +115,16 @@ class M2T(base.EntropyModel):
     return _static_maps(*self._map_key())
 
   def setup(self):
+    self._setup_embeddings()
+    self.transformer = tfm.Transformer(self.num_layers, self.num_heads, self.mlp_dim,
+                                       self.dropout, self.compute_dtype)
+    self.head = MixtureHead(self.latent_channels, self.num_mixtures, self.scale_floor)
+
+  def _setup_embeddings(self):
     self.token_embedding = TokenEmbedding(self.d_model, self.embed_delta)
     self.input_location = LocationEmbedding(self.num_tokens, self.d_model)
     self.target_location = LocationEmbedding(self.num_tokens, self.d_model)
     self.embed_norm = nn.LayerNorm() if self.embed_layernorm else None
-    self.transformer = tfm.Transformer(self.num_layers, self.num_heads, self.mlp_dim,
-                                       self.dropout, self.compute_dtype)
-    self.head = MixtureHead(self.latent_channels, self.num_mixtures, self.scale_floor)
 
   def _embed(self, values, input_index, target_index):
     """Slots -> (B, n, d). values (B, n, C); input_index, target_index (n,) int
@@ -135,12 +138,19 @@ class M2T(base.EntropyModel):
 
   def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Mixture:
     """Teacher-forced pass: tokens (B, L, C) -> Mixture (B, L, C, K), location order."""
-    sched, maps, mask = self._maps()
+    x, mask = self._teacher_forced_inputs(tokens)
+    x, _ = self.transformer(x, mask=mask, deterministic=deterministic)
+    return self._to_locations(self.head(x))
+
+  def _teacher_forced_inputs(self, tokens):
+    """(embedded slots (B, L, d), block-triangular mask (L, L)) of all L slots."""
+    _, maps, mask = self._maps()
     inputs = jnp.take(tokens, jnp.asarray(np.maximum(maps.input_index, 0)), axis=1)
-    x = self._embed(inputs, maps.input_index, maps.target_index)
-    x, _ = self.transformer(x, mask=jnp.asarray(mask), deterministic=deterministic)
-    mixture = self.head(x)  # slot order
-    inverse = jnp.asarray(np.argsort(sched.order))
+    return self._embed(inputs, maps.input_index, maps.target_index), jnp.asarray(mask)
+
+  def _to_locations(self, mixture: Mixture) -> Mixture:
+    """Slot order -> location order (fields (B, L, ...))."""
+    inverse = jnp.asarray(np.argsort(self._maps()[0].order))
     return jax.tree.map(lambda t: jnp.take(t, inverse, axis=1), mixture)
 
   def step_width(self, step: int) -> int:
@@ -166,6 +176,13 @@ class M2T(base.EntropyModel):
     Returns (Mixture (B, width, C, K): its first g_i rows are ``schedule.group(i)``'s
     cells in order, the rest junk; new cache).
     """
+    x, offset, visible = self._step_inputs(prev_values, step, width)
+    x, cache = self.transformer(x, cache=cache, offset=offset, visible=visible)
+    return self.head(x), cache
+
+  def _step_inputs(self, prev_values, step, width: int):
+    """(embedded slots (B, width, d), offset o_i, visible o_i + g_i) of step
+    ``step`` at ``width`` (see ``step``)."""
     sched, _, _ = self._maps()
     if isinstance(step, (int, np.integer)) and not sched.sizes[step] <= width:
       raise ValueError(f"Step {step} predicts {sched.sizes[step]} cells; width "
@@ -178,9 +195,7 @@ class M2T(base.EntropyModel):
     i = jnp.asarray(step, jnp.int32)
     slots = offsets[i] + jnp.arange(width)
     x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots])
-    x, cache = self.transformer(x, cache=cache, offset=offsets[i],
-                                visible=offsets[i] + sizes[i])
-    return self.head(x), cache
+    return x, offsets[i], offsets[i] + sizes[i]
 
   def _map_key(self):
     return (self.patch_size, self.num_steps, float(self.alpha), self.order,
@@ -212,10 +227,15 @@ class M2T(base.EntropyModel):
     """Feeds group step-1's values, reads group ``step``'s mixtures; ``step`` is
     traced, ``shape`` the static width (``step_width``). Cells (N, width): the
     group's, then copies of its last cell (rows the loop drops)."""
-    mixture, cache = self.step(state["prev"], state["cache"], step, shape)
+    mixture, cache, width = self._decode_mixture(state, step, shape)
     groups = jnp.asarray(_padded_groups(*self._map_key()))[jnp.asarray(step, jnp.int32)]
-    cells = jnp.broadcast_to(groups[:shape], (state["prev"].shape[0], shape))
+    cells = jnp.broadcast_to(groups[:width], (state["prev"].shape[0], width))
     return cells, mixture, {"cache": cache, "prev": state["prev"]}
+
+  def _decode_mixture(self, state, step, shape):
+    """(Mixture (N, width, C, K), cache, width) of a decode step of ``shape``."""
+    mixture, cache = self.step(state["prev"], state["cache"], step, shape)
+    return mixture, cache, shape
 
   def decode_update(self, state, step, cells, values):
     """The next step feeds exactly this group's values (N, g, C), padded to g_max."""

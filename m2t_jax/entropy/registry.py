@@ -85,13 +85,16 @@ def _register_builtin() -> None:
   from m2t_jax.configs import grouped as grouped_config  # noqa: PLC0415
   from m2t_jax.configs import m2t as m2t_config  # noqa: PLC0415
   from m2t_jax.configs import mt as mt_config  # noqa: PLC0415
+  from m2t_jax.configs import nested as nested_config  # noqa: PLC0415
   from m2t_jax.entropy.grouped import GroupedMixer  # noqa: PLC0415
   from m2t_jax.entropy.m2t import M2T  # noqa: PLC0415
   from m2t_jax.entropy.mt import MT  # noqa: PLC0415
+  from m2t_jax.entropy.nested import NestedM2T  # noqa: PLC0415
   # The codes are the bytes of format version 2 streams: never change them.
   register(Kind("mt", code=0, model=MT, config=mt_config.get_config))
   register(Kind("m2t", code=1, model=M2T, config=m2t_config.get_config))
   register(Kind("grouped", code=2, model=GroupedMixer, config=grouped_config.get_config))
+  register(Kind("nested", code=3, model=NestedM2T, config=nested_config.get_config))
 
 
 _register_builtin()

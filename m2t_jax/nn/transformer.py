@@ -121,13 +121,47 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset=0,
                deterministic: bool = True, visible=None):
-    x = x.astype(precision.dtype_of(self.dtype))
-    new_cache = [] if cache is not None else None
-    for i in range(self.num_layers):
-      layer_cache = cache[i] if cache is not None else None
-      x, layer_cache = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout,
-                                    name=f"block_{i}")(x, mask, layer_cache, offset,
-                                                       deterministic, visible)
-      if cache is not None:
-        new_cache.append(layer_cache)
-    return nn.LayerNorm(name="ln_final")(x), new_cache
+    outs, cache = _stack(self, x, mask, cache, offset, deterministic, visible,
+                         (self.num_layers,), self.num_layers)
+    return outs[-1], cache
+
+
+class NestedTransformer(Transformer):
+  """A Transformer with depth exits (MaGNeTS-style nesting, SEED_MODELS.md §2):
+  the output after the first d blocks for every d in ``exits`` (increasing, the
+  last = num_layers), each through its own LayerNorm. The last exit's is
+  ``ln_final`` and the blocks keep their names, so a Transformer's parameters
+  are the last exit's, unchanged; earlier exits add ``ln_exit_{d}``.
+
+  ``depth`` (static, one of ``exits``; default num_layers) runs only the first
+  ``depth`` blocks: the cached layers past it are returned unchanged. Returns
+  (list of (B, n, d) outputs, one per exit up to ``depth``, cache)."""
+  exits: tuple = ()
+
+  @nn.compact
+  def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset=0,
+               deterministic: bool = True, visible=None, depth: Optional[int] = None):
+    exits = tuple(self.exits) or (self.num_layers,)
+    depth = self.num_layers if depth is None else depth
+    if depth not in exits:
+      raise ValueError(f"depth {depth} is not an exit of {exits}.")
+    return _stack(self, x, mask, cache, offset, deterministic, visible, exits, depth)
+
+
+def _stack(module, x, mask, cache, offset, deterministic, visible, exits, depth):
+  """Runs ``module``'s first ``depth`` blocks (created under its scope, named
+  block_i) and returns ([normed output at each exit <= depth], cache)."""
+  x = x.astype(precision.dtype_of(module.dtype))
+  new_cache = list(cache) if cache is not None else None
+  outs = []
+  for i in range(depth):
+    layer_cache = cache[i] if cache is not None else None
+    x, layer_cache = EncoderBlock(module.num_heads, module.mlp_dim, module.dropout,
+                                  name=f"block_{i}")(x, mask, layer_cache, offset,
+                                                     deterministic, visible)
+    if cache is not None:
+      new_cache[i] = layer_cache
+    if i + 1 in exits:
+      name = "ln_final" if i + 1 == module.num_layers else f"ln_exit_{i + 1}"
+      outs.append(nn.LayerNorm(name=name)(x))
+  return outs, new_cache
