@@ -225,8 +225,8 @@ def _all_mixtures(codec, model, tokens, valid) -> gmm.Mixture:
 
 
 def _markdown(records) -> str:
-  cols = ["model", "size_schedule", "steps", "decode_steps", "image_size", "num_patches", "one_pass_s",
-          "transformer_s", "full_decode_s", "coding_s",
+  cols = ["model", "size_schedule", "steps", "decode_steps", "image_size", "num_patches",
+          "one_pass_s", "transformer_s", "full_decode_s", "coding_s",
           "synthesis_s", "wide_fraction", "compile_s", "peak_rss_mb", "decode_peak_rss_mb"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in records:

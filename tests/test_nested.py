@@ -73,7 +73,7 @@ def test_full_schedule_equals_m2t(coder, latent):
   tokens = jnp.asarray(coder._tokens(latent)[0], jnp.float32)
   expected = m2t.model.apply({"params": m2t_params}, tokens)
   got = coder.model.apply({"params": params}, tokens)[-1]
-  for a, b in zip(expected, got):
+  for a, b in zip(expected, got, strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

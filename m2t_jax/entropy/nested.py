@@ -110,7 +110,7 @@ class NestedM2T(M2T):
     location order."""
     x, mask = self._teacher_forced_inputs(tokens)
     outs, _ = self.transformer(x, mask=mask, deterministic=deterministic)
-    return [self._to_locations(head(h)) for head, h in zip(self._heads(), outs)]
+    return [self._to_locations(head(h)) for head, h in zip(self._heads(), outs, strict=True)]
 
   def exit_bits(self, tokens, targets, deterministic: bool = True) -> jax.Array:
     """(E, B, L, C) float32: bits of every element of ``targets`` at every exit."""
