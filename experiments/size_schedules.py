@@ -122,7 +122,8 @@ def measure(codec, schedule, image, tokens, valid, repeats: int) -> dict:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", default=None, help="a nested model folder")
+  p.add_argument("--checkpoint", default=None,
+                 help="a nested model folder, or a training workdir (latest checkpoint)")
   p.add_argument("--config", default=None, help="random weights instead, e.g. nested:small")
   p.add_argument("--images", required=True, help="folder of images (PNG/JPEG)")
   p.add_argument("--max-images", type=int, default=0)
@@ -136,8 +137,13 @@ def main(argv=None):
   args = p.parse_args(argv)
   if bool(args.checkpoint) == bool(args.config):
     raise SystemExit("give --checkpoint or --config")
-  codec = (Codec.load(args.checkpoint) if args.checkpoint
-           else Codec.from_config(configs.load_config(args.config)))
+  if args.config:
+    codec = Codec.from_config(configs.load_config(args.config))
+  elif os.path.isfile(os.path.join(args.checkpoint, "params.npz")):
+    codec = Codec.load(args.checkpoint)
+  else:  # a training workdir: its latest checkpoint
+    from m2t_jax import train  # noqa: PLC0415
+    codec = Codec(*train.checkpoint_model(args.checkpoint))
   model = codec.entropy_model
   if not hasattr(model, "exit_bits"):
     raise SystemExit(f"{codec.name} has one model size: no size schedules")

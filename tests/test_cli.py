@@ -87,3 +87,26 @@ def test_decompress_max_pixels_flag(tmp_path, capsys):
   assert cli.main(["decompress", str(tmp_path / "a.m2t"), out, *common,
                    "--max-pixels", "1200"]) == 0
   assert np.asarray(Image.open(out)).shape == (40, 30, 3)
+
+
+def test_compress_size_schedule_flag_and_info(tmp_path, capsys):
+  image = skdata.coffee()[:40, :30]
+  Image.fromarray(image).save(tmp_path / "in.png")
+  common = ["--config", "nested:tiny"]
+  stream = str(tmp_path / "a.m2t")
+  assert cli.main(["compress", str(tmp_path / "in.png"), stream, *common,
+                   "--size-schedule", "2,1,1,0"]) == 0
+  assert cli.main(["info", stream]) == 0
+  assert "size schedule: exits 2,1,1,0" in capsys.readouterr().out
+  out = str(tmp_path / "out.png")
+  assert cli.main(["decompress", stream, out, *common]) == 0
+  expected = Codec.from_config(get_config("nested", "tiny")).estimate(image)
+  np.testing.assert_array_equal(np.asarray(Image.open(out)), expected["reconstruction"])
+  # Inadmissible, and a kind with one size: one-line errors, nothing written.
+  for args, message in ((common + ["--size-schedule", "0,1,1,2"], "not admissible"),
+                        (["--config", "m2t:tiny", "--size-schedule", "fast"],
+                         "one model size")):
+    assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "b.m2t"),
+                     *args]) == 1
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "b.m2t")
