@@ -92,9 +92,11 @@ def saved_steps(workdir) -> list[int]:
     manager.close()
 
 
-def decode_flops(codec, valid) -> float | None:
-  """XLA's FLOPs of the decode steps (decode_step only) for patches ``valid``."""
-  model, params = codec.entropy_model, codec.params["entropy_model"]
+def decode_flops(codec, valid, variant=None) -> float | None:
+  """XLA's FLOPs of the decode steps (decode_step only) for patches ``valid``
+  (with size schedule ``variant`` for a nested model)."""
+  model = codec.entropy_coder.scheduled(variant)
+  params = codec.params["entropy_model"]
   fn = jax.jit(lambda p, s, i, shape: model.apply({"params": p}, s, i, shape,
                                                  method="decode_step"),
                static_argnums=3)
@@ -136,11 +138,11 @@ def timings(codec, image, repeats: int, variant=None) -> dict:
   tokens, valid = patches.to_patches(np.asarray(y_hat, np.float32),
                                      codec.config.patch_size)
   valid = np.asarray(valid)
-  run = bench_decode._transformer_fn(codec, tokens, valid)
+  run = bench_decode._transformer_fn(codec, tokens, valid, variant)
   jax.block_until_ready(run())
   return {"full_decode_s": full,
           "transformer_s": bench_decode._median_time(run, repeats),
-          "decode_flops": decode_flops(codec, valid),
+          "decode_flops": decode_flops(codec, valid, variant),
           "reconstruction": codec.decompress(data)}
 
 

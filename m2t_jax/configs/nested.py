@@ -23,8 +23,9 @@ def get_config(size: str = "paper"):
   # its nested sizes jointly with equal weight].
   c.nested.exit_weights = (1.0, 1.0, 1.0)
   # The encoder's default schedule (a name or exit indices; the stream stores
-  # the indices) and the exits of 'fast' (() = the last exit for the first half
-  # of the steps, the one before it after).
+  # the indices) and the exits of 'fast' (() = the exit before the last at every
+  # step: the best time saved per % of rate measured on the small config,
+  # m2t_jax/entropy/nested.py).
   c.nested.size_schedule = "full"
   c.nested.fast_schedule = ()
   return c
