@@ -187,7 +187,7 @@ def targets(kind: str, seed: int = 0, forged_sizes=FORGED_SIZES) -> list[Target]
   for h, w in sorted(shapes):
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), codec.config.patch_size)
     zeros = np.zeros(valid.shape + (codec.config.latent_channels,), np.int64)
-    for step in CodingLoop(codec.entropy_model, coder.params, codec.config, np.asarray(valid)):
+    for step in CodingLoop(coder.scheduled(), coder.params, codec.config, np.asarray(valid)):
       tables.wide_tables(step.mixture, np.arange(1), codec.config)  # compiled per shape
       step.feed(step.take(zeros))
   return out

@@ -34,7 +34,7 @@ def entropy_map(codec: Codec, image: np.ndarray, k: int) -> np.ndarray:
   tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), config.patch_size)
   tokens, valid = np.asarray(tokens), np.asarray(valid)
   entropy = np.zeros(valid.shape)
-  loop = CodingLoop(codec.entropy_model, codec.params["entropy_model"], config, valid)
+  loop = CodingLoop(codec.entropy_coder.scheduled(), codec.params["entropy_model"], config, valid)
   for step in loop:
     if step.index < k:
       values = step.take(tokens)

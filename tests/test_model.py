@@ -102,6 +102,9 @@ def test_paper_config_matches_spec():
     expected = 12 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768) + 2 * 768
     assert counts["transformer"] == expected
     assert counts["head"] == 768 * 192 * 9 + 192 * 9
+  nested = summary.param_counts(get_config("nested", "paper"))  # exits after 4, 8, 12
+  assert nested["transformer"] == expected + 2 * 2 * 768  # + two exit LayerNorms
+  assert nested["head"] == 3 * (768 * 192 * 9 + 192 * 9)  # a mixture head per exit
 
 
 def test_config_file_and_summary_command():

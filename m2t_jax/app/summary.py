@@ -22,8 +22,9 @@ def param_counts(config) -> dict:
   """{part: number of parameters} for encoder, decoder, embedding, transformer,
   head, and total. Shapes only, via ``jax.eval_shape``.
 
-  The entropy model's 'transformer' and 'head' subtrees are counted when the
-  kind has them; all its other parameters count as 'embedding'.
+  The entropy model's 'transformer' subtree and every subtree whose name has
+  'head' in it (a nested model's exit heads too) are counted when the kind has
+  them; all its other parameters count as 'embedding'.
   """
   model = model_lib.build_model(config)
   size = DOWNSCALE * config.patch_size  # one patch of latent
@@ -32,9 +33,11 @@ def param_counts(config) -> dict:
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   entropy = dict(shapes["entropy_model"])
   counts = {"encoder": count(shapes["analysis"]), "decoder": count(shapes["synthesis"])}
-  for part in ("transformer", "head"):
-    if part in entropy:
-      counts[part] = count(entropy.pop(part))
+  if "transformer" in entropy:
+    counts["transformer"] = count(entropy.pop("transformer"))
+  heads = [name for name in entropy if "head" in name]  # head, exit_heads_0, ...
+  if heads:
+    counts["head"] = count([entropy.pop(name) for name in heads])
   counts["embedding"] = count(entropy)
   counts = {part: counts[part] for part in PARTS if part in counts}
   counts["total"] = sum(counts.values())
