@@ -35,7 +35,11 @@ computed. roundtrip, cpu_to_device's decoder and the decode benchmarks share one
 persistent compilation cache (``<out>/jax_cache``; what a user's repeated runs
 have), two_process's encoder and decoder each compile alone (their point is two
 independent compilations giving the same tables). ``--quick`` uses the tiny
-configs, small images and limits of 400 s per section, for a CPU check.
+configs, small images, one shared compilation cache (two_process then checks the
+script, not independent compilations) and limits of 400 s per section, for a CPU
+check;
+``--kinds`` restricts the kinds of every section (``tests/test_accelerator_report.py``
+runs ``--quick --kinds m2t nested``: every section, about 3 minutes on 2 CPU cores).
 The codec's GPU settings are those of ``m2t_jax/coding/determinism.py``.
 """
 
@@ -75,6 +79,26 @@ def _codec(kind: str, quick: bool):
   return Codec.from_config(get_config(kind, size)), f"{kind}:{size} (random)"
 
 
+def _kinds(args) -> list[str]:
+  """The kinds a report covers: --kinds, else every registered kind; the paper's
+  kinds (DECODE_ORDER) first."""
+  from m2t_jax.entropy import registry
+  names = registry.names()
+  unknown = [k for k in args.kinds or () if k not in names]
+  if unknown:
+    raise SystemExit(f"--kinds: unknown {unknown}; registered: {list(names)}")
+  kinds = [k for k in args.kinds or names]
+  return ([k for k in DECODE_ORDER if k in kinds]
+          + [k for k in kinds if k not in DECODE_ORDER])
+
+
+def _pair(args) -> list[str]:
+  """The kinds of the two-process sections: M2T and MT (those of --kinds), else
+  the first of --kinds."""
+  kinds = _kinds(args)
+  return [k for k in DECODE_ORDER if k in kinds] or kinds[:1]
+
+
 # --- sections, run in a child process -------------------------------------------
 
 
@@ -93,9 +117,8 @@ def section_devices(args):
 
 def section_roundtrip(args):
   import numpy as np
-  from m2t_jax.entropy import registry
   image, out = _image(args.quick), {}
-  for kind in registry.names():
+  for kind in _kinds(args):
     _progress(f"{kind}: loading")
     codec, name = _codec(kind, args.quick)
     _progress(f"{kind}: compressing")
@@ -117,7 +140,7 @@ def section_encode(args):
   import numpy as np
   image = _image(args.quick)
   out = {}
-  for kind in ("m2t", "mt"):
+  for kind in _pair(args):
     _progress(f"{kind}: encoding")
     codec, name = _codec(kind, args.quick)
     with open(os.path.join(args.tmp, f"{kind}.m2t"), "wb") as f:
@@ -131,7 +154,7 @@ def section_decode(args):
   import numpy as np
   from m2t_jax import DecodeMismatchError
   out = {}
-  for kind in ("m2t", "mt"):
+  for kind in _pair(args):
     _progress(f"{kind}: decoding")
     codec, _ = _codec(kind, args.quick)
     data = open(os.path.join(args.tmp, f"{kind}.m2t"), "rb").read()
@@ -204,7 +227,7 @@ def _child(section, args, limit, env, extra=()):
   with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
     cmd = [sys.executable, os.path.abspath(__file__), "--section", section,
            "--result", result.name, "--tmp", args.tmp, *(["--quick"] if args.quick else []),
-           *extra]
+           *(["--kinds", *args.kinds] if args.kinds else []), *extra]
     record = _run(cmd, env, limit)
     if record["status"] == "ok":
       record.update(json.load(open(result.name)))
@@ -218,7 +241,7 @@ def _script(name, argv, limit, env):
 def run(args) -> dict:
   limits = QUICK_LIMITS if args.quick else LIMITS
   os.makedirs(args.out, exist_ok=True)
-  report = {"quick": args.quick, "sections": {}}
+  report = {"quick": args.quick, "kinds": _kinds(args), "sections": {}}
 
   def save(name, record):
     report["sections"][name] = record
@@ -229,7 +252,10 @@ def run(args) -> dict:
     print(f"{name}: {record.get('status')}", flush=True)
 
   shared = os.path.join(os.path.abspath(args.out), "jax_cache")
-  alone = lambda name: os.path.join(args.tmp, f"cache_{name}")  # fresh, empty
+  # two_process's children compile alone (fresh, empty caches). --quick shares
+  # one cache everywhere instead: on a CPU its point is that every section runs,
+  # and compiling the same tiny executables five times would triple its time.
+  alone = lambda name: shared if args.quick else os.path.join(args.tmp, f"cache_{name}")
   save("devices", _child("devices", args, limits["devices"], _env(shared)))
   save("roundtrip", _child("roundtrip", args, limits["roundtrip"], _env(shared)))
   for name, enc_env, dec_env in (
@@ -240,17 +266,16 @@ def run(args) -> dict:
     left = max(limits[name] - (time.perf_counter() - t0), 1)
     dec = _child("decode", args, left, dec_env) if enc["status"] == "ok" else enc
     save(name, {"status": dec["status"], "encode": enc, "decode": dec})
-  size, image, steps = ("tiny", "128x96", "4") if args.quick else ("paper", "2000x1500", "12")
-  from m2t_jax.entropy import registry
+  # --quick decodes _image's size (80x48), so it reuses roundtrip's executables.
+  size, image, steps = ("tiny", "80x48", "4") if args.quick else ("paper", "2000x1500", "12")
   record = {"status": "ok", "records": [], "kinds": {}}
-  kinds = [k for k in DECODE_ORDER if k in registry.names()]
-  for kind in kinds + [k for k in registry.names() if k not in kinds]:
+  for kind in _kinds(args):
     bench = os.path.join(args.out, f"bench_decode_{kind}.json")
     limit = limits["bench_decode"] if args.quick else DECODE_LIMITS.get(
         kind, limits["bench_decode"])
     result = _script("bench_decode.py", ["--config", size, "--image-size", image,
                                          "--steps", steps, "--model", kind, "--repeats",
-                                         "2", "--output", bench,
+                                         "1" if args.quick else "2", "--output", bench,
                                          *DECODE_ARGS.get(kind, [])], limit, _env(shared))
     record["kinds"][kind] = result
     if os.path.exists(bench):
@@ -284,7 +309,8 @@ def markdown(report) -> str:
                          for k, v in rec.items() if isinstance(v, dict))
     elif name in ("two_process", "cpu_to_device"):
       dec = rec.get("decode", {})
-      result = ", ".join(f"{k}: {dec[k]}" for k in ("m2t", "mt") if k in dec)
+      result = ", ".join(f"{k}: {dec[k]}" for k in report.get("kinds", ("m2t", "mt"))
+                         if k in dec)
     elif name == "bench_decode":
       result = "; ".join(f"{r['model']}: transformer {r['transformer_s']:.3f} s, full "
                          f"{r['full_decode_s']:.3f} s" for r in rec.get("records", []))
@@ -321,6 +347,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default="out/accelerator")
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--kinds", nargs="+", help="entropy-model kinds (default: all)")
   p.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)
   p.add_argument("--result", help=argparse.SUPPRESS)
   p.add_argument("--tmp", help=argparse.SUPPRESS)

@@ -65,6 +65,10 @@ def train_model(spec, args, workdir) -> None:
   cmd = [sys.executable, "-m", "m2t_jax.train",
          f"--config=m2t_jax/configs/{kind}.py:{args.size}", f"--workdir={workdir}",
          "--config.train_part=entropy", f"--config.init_from={args.source}",
+         # Every kind's entropy model starts from its initial values: the source's
+         # own entropy model would give its kind (and MT, which shares names) a
+         # head start. Only the frozen autoencoder comes from --source.
+         "--config.init_entropy_model=False",
          f"--config.data.train_dir={args.train_dir}", f"--config.num_steps={args.steps}",
          f"--config.batch_size={args.batch_size}",
          f"--config.learning_rate={args.learning_rate}",

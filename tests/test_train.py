@@ -261,6 +261,18 @@ def test_warm_start_copies_matching_parameters_only(tmp_path):
       assert not np.array_equal(out[k], new[k])
   for k in kept:
     np.testing.assert_array_equal(out[k], new[k])
+  # skip=('entropy_model',) (config.init_entropy_model=False): an M2T warm start
+  # of an M2T copies the autoencoder but no entropy-model leaf, although all match.
+  fresh_m2t = _random_params(source_config, 7)
+  warm, copied, kept = train.warm_start_params(fresh_m2t, str(tmp_path / "m2t"),
+                                               skip=("entropy_model",))
+  out, new = flat(warm), flat(fresh_m2t)
+  assert kept and all(k.startswith("['entropy_model']") for k in kept)
+  assert not any(k.startswith("['entropy_model']") for k in copied)
+  for k in kept:
+    np.testing.assert_array_equal(out[k], new[k])
+  for k in copied:
+    np.testing.assert_array_equal(out[k], src[k])
   other = _tiny()
   other.latent_channels = 8
   other.elic.num_filters = 6

@@ -144,4 +144,9 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # autoencoder; loss = bpp) or 'decoder' (only D, on the same frozen latents;
   # loss = lambda * MSE).
   c.train_part = "all"
+  # Whether a warm start also copies the entropy model. False starts it from its
+  # initial values (config.seed) while the autoencoder is still copied: the
+  # entropy-model benchmark trains every kind this way, so that a kind that shares
+  # parameter names with init_from's model gets no head start.
+  c.init_entropy_model = True
   return c

@@ -163,7 +163,8 @@ def _initial_state(config, optimizer, manager: ocp.CheckpointManager):
     logging.info("Resumed from the checkpoint at step %d.", latest)
     return restored["state"], latest
   if config.init_from:
-    params, copied, kept = warm_start_params(host_state.params, config.init_from)
+    skip = () if config.get("init_entropy_model", True) else ("entropy_model",)
+    params, copied, kept = warm_start_params(host_state.params, config.init_from, skip)
     frozen.check_warm_start(config, kept)
     # Fresh optimizer moments: the source's training is a different problem.
     host_state = host_state.replace(params=params, opt_state=optimizer.init(params))

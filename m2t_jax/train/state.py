@@ -33,7 +33,7 @@ def create_train_state(config, optimizer: optax.GradientTransformation | None = 
   return jax.device_get(state)
 
 
-def warm_start_params(params, source: str):
+def warm_start_params(params, source: str, skip: tuple[str, ...] = ()):
   """``params`` with every leaf that ``source`` has at the same path and shape
   replaced by the source's value.
 
@@ -41,6 +41,8 @@ def warm_start_params(params, source: str):
     params: the parameter tree to start from (e.g. a fresh state's).
     source: a saved model folder (``saved_model.save_params``, a run's
       ``workdir/model``) or the name of a model shipped with the package.
+    skip: top-level collections (e.g. ``('entropy_model',)``) never copied;
+      they keep their values in ``params`` and are left out of the match check.
 
   Returns:
     (params, copied, kept): the new tree (numpy, the dtypes of ``params``) and
@@ -60,7 +62,7 @@ def warm_start_params(params, source: str):
 
   def pick(path, value):
     name = jax.tree_util.keystr(path)
-    other = flat_loaded.get(name)
+    other = None if _in(name, skip) else flat_loaded.get(name)
     if other is not None and other.shape == value.shape:
       copied.append(name)
       return np.asarray(other, value.dtype)
@@ -70,9 +72,15 @@ def warm_start_params(params, source: str):
   params = jax.tree_util.tree_map_with_path(pick, params)
   sizes = {jax.tree_util.keystr(p): int(np.prod(v.shape))
            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  fraction = sum(sizes[k] for k in copied) / sum(sizes.values())
+  considered = [v for k, v in sizes.items() if not _in(k, skip)]
+  fraction = sum(sizes[k] for k in copied) / max(1, sum(considered))
   if fraction < 0.5:  # a few small leaves (e.g. the RGB bias) match any model
     raise ValueError(f"init_from={source!r}: only {100 * fraction:.1f}% of this model's "
                      "parameters have a match of the same path and shape; is it a "
                      "model of another size?")
   return params, copied, kept
+
+
+def _in(keystr_path: str, collections: tuple[str, ...]) -> bool:
+  """Whether a keystr path ("['entropy_model']['...']") lies in one of ``collections``."""
+  return any(keystr_path.startswith(f"['{c}']") for c in collections)
