@@ -16,6 +16,7 @@ of a nested model, which were trained to be cut there). JSON + markdown.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ from m2t_jax import Codec, images  # noqa: E402
 def truncated(codec: Codec, depth: int, num_steps: int) -> Codec:
   """``codec``'s model with only its first ``depth`` blocks, decoding in
   ``num_steps`` steps (same autoencoder, embeddings, final norm and head)."""
-  config = codec.config.as_configdict()
+  config = copy.deepcopy(codec.config.as_configdict())  # not base's own
   layers = config.transformer.num_layers
   if not 1 <= depth <= layers:
     raise SystemExit(f"--depths: {depth} is not in 1..{layers}")
