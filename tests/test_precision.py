@@ -11,6 +11,7 @@ import skimage.data
 
 from m2t_jax import Codec, configs, train
 from m2t_jax.coding.fingerprint import fingerprint
+from m2t_jax.entropy import registry
 from m2t_jax.nn import precision
 
 
@@ -57,9 +58,10 @@ def test_cast_params_keeps_heads_and_non_floats():
     precision.cast_params(params, "float16")
 
 
-def test_bfloat16_step_runs_its_matmuls_and_convolutions_in_bfloat16():
+@pytest.mark.parametrize("kind", registry.names())
+def test_bfloat16_step_runs_its_matmuls_and_convolutions_in_bfloat16(kind):
   def dtypes(dtype):
-    config = _config("m2t", dtype)
+    config = _config(kind, dtype)
     state = train.create_train_state(config)
     step = train.make_train_step(config)
     jaxpr = jax.make_jaxpr(jax.vmap(step, axis_name=train.AXIS, in_axes=(None, 0, None)))(
@@ -80,7 +82,7 @@ def test_bfloat16_step_runs_its_matmuls_and_convolutions_in_bfloat16():
   assert bf16.count("bfloat16") > 0.8 * len(bf16), bf16
 
 
-@pytest.mark.parametrize("kind", ["m2t", "grouped"])
+@pytest.mark.parametrize("kind", registry.names())  # every kind (issue: "works for every kind")
 def test_bfloat16_training_learns_like_float32_with_float32_parameters(kind):
   steps = 25
   f32, _ = _losses(_config(kind, "float32"), steps)
