@@ -12,7 +12,8 @@ once with random masks and coded at every S of --mt-steps). Each is trained with
 ``python -m m2t_jax.train --config.train_part=entropy --config.init_from=SOURCE``
 (``m2t_jax/train/frozen.py``) in its own workdir under --workdir, so an
 interrupted benchmark resumes where it stopped and a finished model is not
-trained again. All models then code the *same* y_hat: their reconstructions are
+trained again (nor evaluated again: ``workdir/eval_STEP.json``; the outputs are
+rewritten after every model). All models then code the *same* y_hat: their reconstructions are
 identical (checked: ``same_reconstruction``) and their bytes alone rank them.
 
 For every model and every --eval-steps checkpoint: real bytes of every
@@ -28,6 +29,7 @@ size_schedule=...)`` (nested M2T); pass them as ``--variants kind=name,name``.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -74,7 +76,8 @@ def train_model(spec, args, workdir) -> None:
          f"--config.learning_rate={args.learning_rate}",
          f"--config.warmup_steps={args.warmup_steps}",
          f"--config.checkpoint_every={every}",
-         f"--config.keep_checkpoints={len(args.eval_steps) + 1}",
+         # every checkpoint (gcd spacing), so each evaluated step is still there
+         f"--config.keep_checkpoints={args.steps // every + 1}",
          "--config.eval_every=0", "--config.log_every=50",
          *(f"--config.{k}={v}" for k, v in overrides.items())]
   print("+", " ".join(cmd), file=sys.stderr, flush=True)
@@ -254,16 +257,40 @@ def main(argv=None):
       train_model(spec, args, workdir)
     for step in args.eval_steps:
       if step in saved_steps(workdir):
-        rows += rows_for(spec, args, workdir, photos, step == args.steps, step,
-                         variants)
-  recon = [r.pop("reconstruction") for r in rows if "reconstruction" in r]
-  same = all(np.array_equal(recon[0], x) for x in recon)
+        rows += evaluated_rows(spec, args, workdir, photos, step, variants)
+    write_outputs(rows, photos, args)  # after every model: a stopped run keeps them
+
+
+def evaluated_rows(spec, args, workdir, photos, step, variants) -> list:
+  """``rows_for``, cached in ``workdir/eval_STEP.json`` (keyed by the validation
+  photos and whether timings were taken), so that a resumed benchmark does not
+  evaluate a model again. The decoded image is kept as its SHA-256."""
+  final = step == args.steps
+  key = {"validation": [n for n, _ in photos], "timed": final}
+  path = os.path.join(workdir, f"eval_{step}.json")
+  if os.path.exists(path):
+    cached = json.load(open(path))
+    if cached["key"] == key:
+      return cached["rows"]
+  rows = rows_for(spec, args, workdir, photos, final, step, variants)
   for r in rows:
-    r["same_reconstruction"] = same
+    if "reconstruction" in r:
+      r["reconstruction_sha256"] = hashlib.sha256(
+          np.ascontiguousarray(r.pop("reconstruction")).tobytes()).hexdigest()
+  with open(path, "w") as f:
+    json.dump({"key": key, "rows": rows}, f)
+  return rows
+
+
+def write_outputs(rows, photos, args) -> None:
+  shas = {r["reconstruction_sha256"] for r in rows if r.get("reconstruction_sha256")}
+  same = len(shas) == 1  # every timed model decoded photo 1 to the same image
   record = {"source": args.source, "size": args.size, "steps": args.steps,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "validation": [n for n, _ in photos], "device": jax.devices()[0].device_kind,
-            "same_reconstruction": same, "rows": rows}
+            "same_reconstruction": same,
+            "reconstructions_compared": sum(bool(r.get("reconstruction_sha256")) for r in rows),
+            "rows": rows}
   os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
   with open(args.output + ".json", "w") as f:
     json.dump(record, f, indent=1)
@@ -271,7 +298,7 @@ def main(argv=None):
   with open(args.output + ".md", "w") as f:
     f.write(text)
   plot(rows, args.output + ".png", args.steps)
-  print(text)
+  print(text, flush=True)
 
 
 if __name__ == "__main__":
