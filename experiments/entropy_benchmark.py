@@ -198,6 +198,8 @@ def markdown(rows, photos, args) -> str:
   lines += ["", "Ranking (best first) at each evaluated step:", ""]
   for step in args.eval_steps:
     at = sorted((r for r in rows if r["step"] == step), key=lambda r: r["bpp"])
+    if not at:
+      continue
     lines.append(f"- step {step}: " + " < ".join(f"{_name(r)} {r['bpp']:.4f}" for r in at))
   return "\n".join(lines) + "\n"
 
