@@ -68,6 +68,12 @@ import zlib
 import jax
 import numpy as np
 
+from m2t_jax.coding.stream_errors import (  # noqa: F401  (re-exported: bitstream.X)
+    BitstreamError,
+    DecodeMismatchError,
+    StreamTooLargeError,
+    check_size,
+)
 from m2t_jax.entropy import registry
 
 MAGIC = b"M2TJ"
@@ -89,39 +95,6 @@ _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + 1 + _CRC.size
 _V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
 _MAX_PAYLOAD = 2**32 - 1
-
-
-class BitstreamError(ValueError):
-  """Raised for every malformed, truncated, corrupted or foreign stream.
-
-  The message says which check failed (truncated, not an m2t_jax stream, newer
-  format version, CRC mismatch, invalid header field, payload size mismatch, a
-  field that disagrees with the decoding model, a payload that does not decode).
-  """
-
-
-class DecodeMismatchError(BitstreamError):
-  """The payload did not decode to the latent the encoder wrote (its CRC differs,
-  or the range decoder failed on a stream whose bytes are intact).
-
-  The usual cause is a decoder whose coding tables differ from the encoder's by a
-  float ULP: another backend (CPU vs GPU) or another JAX/XLA version. The message
-  names the writer's and the reader's backend and JAX version.
-  """
-
-
-class StreamTooLargeError(BitstreamError):
-  """The header claims an image (or latent) larger than the decoder's limit
-  (``Codec.max_pixels``, ``EntropyCoder.max_cells``); nothing was allocated."""
-
-
-def check_size(count: int, limit: int, unit: str, what: str, knob: str) -> None:
-  """StreamTooLargeError unless ``count`` (the header's claim) <= ``limit``."""
-  if count > limit:
-    raise StreamTooLargeError(
-        f"The stream claims a {what} ({count} {unit}), more than this decoder's "
-        f"limit of {limit}; refused before allocating anything. If you trust the "
-        f"stream, raise {knob}.")
 
 
 def latent_crc(y_hat) -> int:
