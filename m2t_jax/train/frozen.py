@@ -79,11 +79,16 @@ def wrap_optimizer(config, optimizer: optax.GradientTransformation
                                labels)
 
 
+def in_collections(keystr_path: str, collections: tuple[str, ...]) -> bool:
+  """Whether a keystr path ("['entropy_model']['...']") lies in one of ``collections``."""
+  return any(keystr_path.startswith(f"['{c}']") for c in collections)
+
+
 def check_warm_start(config, kept: list[str]) -> None:
   """ValueError if the warm start left a parameter this part needs from init_from
   (``kept``: keystr paths of the leaves not copied) at its initial value."""
   missing = [k for k in kept
-             if any(k.startswith(f"['{c}']") for c in FROM_SOURCE[part(config)])]
+             if in_collections(k, FROM_SOURCE[part(config)])]
   if missing:
     raise ValueError(
         f"train_part={part(config)!r} needs the autoencoder (and, for 'decoder', the "

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 
 from m2t_jax import model as model_lib
+from m2t_jax.train.frozen import in_collections
 from m2t_jax.train.optim import make_optimizer
 
 
@@ -62,7 +63,7 @@ def warm_start_params(params, source: str, skip: tuple[str, ...] = ()):
 
   def pick(path, value):
     name = jax.tree_util.keystr(path)
-    other = None if _in(name, skip) else flat_loaded.get(name)
+    other = None if in_collections(name, skip) else flat_loaded.get(name)
     if other is not None and other.shape == value.shape:
       copied.append(name)
       return np.asarray(other, value.dtype)
@@ -72,7 +73,7 @@ def warm_start_params(params, source: str, skip: tuple[str, ...] = ()):
   params = jax.tree_util.tree_map_with_path(pick, params)
   sizes = {jax.tree_util.keystr(p): int(np.prod(v.shape))
            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  considered = [v for k, v in sizes.items() if not _in(k, skip)]
+  considered = [v for k, v in sizes.items() if not in_collections(k, skip)]
   fraction = sum(sizes[k] for k in copied) / max(1, sum(considered))
   if fraction < 0.5:  # a few small leaves (e.g. the RGB bias) match any model
     raise ValueError(f"init_from={source!r}: only {100 * fraction:.1f}% of this model's "
@@ -80,7 +81,3 @@ def warm_start_params(params, source: str, skip: tuple[str, ...] = ()):
                      "model of another size?")
   return params, copied, kept
 
-
-def _in(keystr_path: str, collections: tuple[str, ...]) -> bool:
-  """Whether a keystr path ("['entropy_model']['...']") lies in one of ``collections``."""
-  return any(keystr_path.startswith(f"['{c}']") for c in collections)
