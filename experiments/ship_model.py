@@ -19,6 +19,11 @@ parameters as float16 (codec.save_params), loads them back exactly as
 with the same figures for scikit-image's sample photos (for the regression test)
 and the fingerprint of the shipped parameters.
 
+A run that trained one part on a frozen autoencoder (``config.train_part`` =
+entropy or decoder, e.g. a GroupedMixer entropy model on a shipped M2T's latents)
+ships with the lambda of that autoencoder (``config.init_from``), which must still
+resolve when this runs.
+
 ``--remeasure NAME`` measures an already shipped model again (after a change of
 the container or the fingerprint: same weights, new bytes) and replaces only its
 validation, sample and fingerprint fields, noting when and where.
@@ -127,6 +132,18 @@ def main(argv=None):
   added = _fill_missing(config, get_config(config.model, config.size))
   if added:
     print("config fields missing in the workdir, set to today's defaults:", added)
+  source = None
+  if config.get("train_part", "all") != "all":
+    # This run trained one part (the entropy model or the decoder) on the frozen
+    # autoencoder of init_from: the shipped model's rate-distortion trade-off is that
+    # autoencoder's lambda (the run's own lmbda field was unused or only scaled the
+    # loss), so the config and manifest carry the source's.
+    source_path = saved_model.locate(config.init_from)
+    with open(os.path.join(source_path, "config.json")) as f:
+      source = {"model": config.init_from, "lmbda": json.load(f)["lmbda"]}
+    print(f"{config.train_part} trained on the frozen autoencoder of {config.init_from}: "
+          f"lambda {config.lmbda} -> {source['lmbda']}")
+    config.lmbda = source["lmbda"]
   if args.model:
     _, params = saved_model.load_params(args.model)
     state = {"params": params, "step": args.steps}
@@ -151,6 +168,8 @@ def main(argv=None):
   }
   if config.get("init_from"):
     entry["warm_started_from"] = {"model": config.init_from, "steps": args.steps_before}
+  if source:
+    entry["train_part"] = config.train_part  # the rest is init_from's, frozen
   manifest = models.manifest()
   manifest.setdefault("models", {})[args.name] = entry
   if args.default or not manifest.get("default"):
