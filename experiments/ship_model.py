@@ -132,18 +132,17 @@ def main(argv=None):
   added = _fill_missing(config, get_config(config.model, config.size))
   if added:
     print("config fields missing in the workdir, set to today's defaults:", added)
-  source = None
-  if config.get("train_part", "all") != "all":
+  frozen_run = config.get("train_part", "all") != "all"
+  if frozen_run:
     # This run trained one part (the entropy model or the decoder) on the frozen
     # autoencoder of init_from: the shipped model's rate-distortion trade-off is that
     # autoencoder's lambda (the run's own lmbda field was unused or only scaled the
     # loss), so the config and manifest carry the source's.
-    source_path = saved_model.locate(config.init_from)
-    with open(os.path.join(source_path, "config.json")) as f:
-      source = {"model": config.init_from, "lmbda": json.load(f)["lmbda"]}
+    with open(os.path.join(saved_model.locate(config.init_from), "config.json")) as f:
+      source_lmbda = json.load(f)["lmbda"]
     print(f"{config.train_part} trained on the frozen autoencoder of {config.init_from}: "
-          f"lambda {config.lmbda} -> {source['lmbda']}")
-    config.lmbda = source["lmbda"]
+          f"lambda {config.lmbda} -> {source_lmbda}")
+    config.lmbda = source_lmbda
   if args.model:
     _, params = saved_model.load_params(args.model)
     state = {"params": params, "step": args.steps}
@@ -168,7 +167,7 @@ def main(argv=None):
   }
   if config.get("init_from"):
     entry["warm_started_from"] = {"model": config.init_from, "steps": args.steps_before}
-  if source:
+  if frozen_run:
     entry["train_part"] = config.train_part  # the rest is init_from's, frozen
   manifest = models.manifest()
   manifest.setdefault("models", {})[args.name] = entry

@@ -22,7 +22,7 @@ def test_a_default_model_ships():
   curve = sorted((e["lmbda"], e["validation"]["bpp"], e["validation"]["psnr"])
                  for e in manifest["models"].values() if e["kind"] == entry["kind"])
   assert len({lmbda for lmbda, _, _ in curve}) >= 3
-  for (_, bpp0, psnr0), (_, bpp1, psnr1) in zip(curve, curve[1:]):
+  for (_, bpp0, psnr0), (_, bpp1, psnr1) in zip(curve[:-1], curve[1:], strict=True):
     assert bpp1 > bpp0 and psnr1 > psnr0, curve
   # The paper's two kinds ship too (the demo compares their decoding).
   assert models.names("m2t") and models.names("mt")
