@@ -19,6 +19,14 @@ PSNR. A curve without overlap, or with too few points for a method, gets
 Writes ``<output>.md`` (markdown table), ``<output>.png`` (bpp vs PSNR-RGB,
 ours solid, references dashed) and ``<output>.json`` (the table's numbers).
 
+``--per-image`` adds the spread behind the mean curves: each curve's BD-rate
+(PCHIP) against the anchor photo by photo, from the per-image files written
+beside the results (``X.per_image.json`` for ``m2t eval --output X.json``;
+``X.per_image.json`` filtered by codec for ``classical.py``'s ``X.CODEC.json``),
+with the mean, median and range over photos and how many photos it wins. The
+BD-rate of the mean curves is what the table above reports; a gain that only a
+few photos carry shows here. The anchor must then be a results file.
+
 Compare like with like: the published curves are averages over their data set
 (Kodak: 24 images, 768x512). A results file measured on other images is
 flagged in the table's notes; its BD-rate against Kodak VTM is then only an
@@ -31,6 +39,8 @@ import json
 import math
 import os
 import sys
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -98,6 +108,93 @@ def bd_row(anchor: dict, curve: dict, kind: str) -> dict:
       row[f"bd_rate_{method}"] = None
       row[f"error_{method}"] = str(e).split(":")[0] if "overlap" in str(e) else str(e)
   return row
+
+
+def per_image_source(path: str) -> tuple[str, str | None]:
+  """The per-image file behind a curve file, and the codec its rows must have.
+
+  ``X.json`` -> (``X.per_image.json``, None); ``X.CODEC.json`` (a per-codec file
+  of classical.py) -> (``X.per_image.json``, CODEC) when only that one exists.
+  """
+  stem = path[:-5] if path.endswith(".json") else path
+  candidates = [(stem + ".per_image.json", None)]
+  head, dot, codec = stem.rpartition(".")
+  if dot and os.sep not in codec:
+    candidates.append((head + ".per_image.json", codec))
+  for candidate, codec_filter in candidates:
+    if os.path.isfile(candidate):
+      return candidate, codec_filter
+  raise ValueError(f"No per-image file beside {path} (looked for "
+                   f"{' and '.join(c for c, _ in candidates)}).")
+
+
+def load_per_image(path: str) -> dict[str, tuple[list[float], list[float]]]:
+  """{photo: (bpp list, PSNR-RGB list)} from the per-image file behind ``path``.
+
+  Rows with an error or a non-finite bpp/PSNR (a lossless point) are left out.
+  """
+  source, codec = per_image_source(path)
+  with open(source) as f:
+    doc = json.load(f)
+  if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+    raise ValueError(f"{source} is not a per-image file (no 'images' list).")
+  points: dict[str, list[tuple[float, float]]] = {}
+  for r in doc["images"]:
+    if codec is not None and r.get("codec") != codec:
+      continue
+    b, p = r.get("bpp"), r.get("psnr-rgb")
+    if "error" in r or b is None or p is None or not (math.isfinite(b) and math.isfinite(p)):
+      continue
+    points.setdefault(r["image"], []).append((b, p))
+  if not points:
+    raise ValueError(f"{source} has no usable rows" + (f" of codec {codec!r}." if codec
+                                                         else "."))
+  return {k: ([b for b, _ in sorted(v)], [p for _, p in sorted(v)])
+          for k, v in sorted(points.items())}
+
+
+def per_image_row(name: str, anchor: dict, curve: dict) -> dict:
+  """BD-rate (PCHIP, %) of ``curve`` vs ``anchor`` per photo, and its spread.
+
+  ``anchor``/``curve``: load_per_image outputs. A photo missing from either side
+  or without PSNR overlap gets None and the reason.
+  """
+  photos, errors = {}, {}
+  for photo in sorted(set(anchor) | set(curve)):
+    if photo not in anchor or photo not in curve:
+      photos[photo] = None
+      errors[photo] = "missing from the " + ("anchor" if photo not in anchor else "curve")
+      continue
+    try:
+      photos[photo] = bdrate.bd_rate(*anchor[photo], *curve[photo], "pchip")
+    except ValueError as e:
+      photos[photo] = None
+      errors[photo] = str(e)
+  values = [v for v in photos.values() if v is not None]
+  summary = ({"mean": float(np.mean(values)), "median": float(np.median(values)),
+              "min": min(values), "max": max(values),
+              "wins": sum(v < 0 for v in values)} if values else {})
+  return {"name": name, "per_image": photos, "errors": errors, "photos": len(values),
+          **summary}
+
+
+def per_image_markdown(rows: list[dict], anchor_name: str) -> str:
+  """One row per curve, one column per photo, then the spread over photos."""
+  photos = sorted({p for row in rows for p in row["per_image"]})
+  lines = ["", f"BD-rate (PCHIP) against **{anchor_name}** photo by photo (each photo's "
+           "own curves; negative = fewer bits at equal PSNR-RGB):", "",
+           "| curve | " + " | ".join(photos) + " | mean | median | wins |",
+           "|---|" + "---:|" * (len(photos) + 3)]
+  for row in rows:
+    cells = [f"{row['per_image'][p]:+.1f}%" if row["per_image"].get(p) is not None
+             else "n/a" for p in photos]
+    tail = ([f"{row['mean']:+.1f}%", f"{row['median']:+.1f}%",
+             f"{row['wins']}/{row['photos']}"] if row["photos"] else ["n/a"] * 3)
+    lines.append(f"| {row['name']} | " + " | ".join(cells + tail) + " |")
+  notes = [f"{row['name']}, {p}: {e}" for row in rows for p, e in row["errors"].items()]
+  if notes:
+    lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+  return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict], anchor: dict, dataset: str) -> str:
@@ -177,6 +274,9 @@ def main(argv=None) -> int:
   parser.add_argument("--anchor", default="vtm", help="name in that folder, or a path")
   parser.add_argument("--references", nargs="+", default=["default"],
                       help="'default', 'all', 'none' or names/paths of published curves")
+  parser.add_argument("--per-image", action="store_true",
+                      help="also the BD-rate photo by photo (needs the per-image files "
+                           "beside the results and an anchor given as a results file)")
   parser.add_argument("--output", default="rd_table",
                       help="prefix of the .md, .png and .json outputs")
   args = parser.parse_args(argv)
@@ -198,6 +298,18 @@ def main(argv=None) -> int:
     references = [c for n in ref_names for c in load_curves(reference_path(args.dataset, n))
                   if os.path.abspath(c["file"]) != anchor_file]
     ours = [c for path in args.results for c in load_curves(path)]
+    per_image = []
+    if args.per_image:
+      if not os.path.isfile(args.anchor):
+        raise ValueError("--per-image needs --anchor to be a results file (a published "
+                         f"curve has no per-image points): {args.anchor!r}.")
+      anchor_photos = load_per_image(args.anchor)
+      for path in args.results:
+        if len(load_curves(path)) != 1:
+          raise ValueError(f"--per-image needs one curve per results file; {path} has "
+                           "several (use its per-codec files).")
+      per_image = [per_image_row(c["name"], anchor_photos, load_per_image(c["file"]))
+                   for c in ours]
   except (ValueError, OSError) as e:
     print(f"rd_table: error: {e}", file=sys.stderr)
     return 1
@@ -205,6 +317,8 @@ def main(argv=None) -> int:
   rows = ([bd_row(anchor, c, "ours") for c in ours] +
           [bd_row(anchor, c, "published") for c in references])
   table = markdown(rows, anchor, args.dataset)
+  if per_image:
+    table += per_image_markdown(per_image, anchor["name"])
   out_dir = os.path.dirname(os.path.abspath(args.output))
   os.makedirs(out_dir, exist_ok=True)
   with open(args.output + ".md", "w") as f:
@@ -212,7 +326,8 @@ def main(argv=None) -> int:
   with open(args.output + ".json", "w") as f:
     json.dump({"dataset": args.dataset, "anchor": {"name": anchor["name"],
                                                    "file": anchor["file"]},
-               "rows": rows}, f, indent=1)
+               "rows": rows, **({"per_image": per_image} if per_image else {})},
+              f, indent=1)
     f.write("\n")
   plot(args.output + ".png", ours, references, anchor, args.dataset)
   print(table)
