@@ -45,7 +45,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from m2t_jax.evaluation import bdrate  # noqa: E402
+from m2t_jax.evaluation import bdrate, rd  # noqa: E402
 
 CURVES_DIR = os.path.join(REPO, "third_party", "rd_curves")
 # The curves in the reference README's orientation list (Kodak).
@@ -116,11 +116,10 @@ def per_image_source(path: str) -> tuple[str, str | None]:
   ``X.json`` -> (``X.per_image.json``, None); ``X.CODEC.json`` (a per-codec file
   of classical.py) -> (``X.per_image.json``, CODEC) when only that one exists.
   """
-  stem = path[:-5] if path.endswith(".json") else path
-  candidates = [(stem + ".per_image.json", None)]
-  head, dot, codec = stem.rpartition(".")
+  candidates = [(rd.per_image_path(path), None)]
+  head, dot, codec = (path[:-5] if path.endswith(".json") else path).rpartition(".")
   if dot and os.sep not in codec:
-    candidates.append((head + ".per_image.json", codec))
+    candidates.append((rd.per_image_path(head), codec))
   for candidate, codec_filter in candidates:
     if os.path.isfile(candidate):
       return candidate, codec_filter
