@@ -20,12 +20,19 @@ What to expect across machines: see ``coding/entropy_coder.py`` (encode and
 decode on the same kind of device and software; otherwise a wrong decode raises
 ``DecodeMismatchError`` rather than returning a wrong image).
 
+Encoder-side refinement (``refine.py``): ``codec.refine = RefineSettings(steps=N)``
+(or ``compress(image, refine=N)``) searches, per image, for a latent with a lower
+RD loss than E's before coding it; decoding is unchanged. Off (0 steps) by
+default in Python; ``m2t compress`` and ``m2t eval`` turn it on
+(``--refine-steps``).
+
 Hostile streams: every failure is a ``BitstreamError`` with a message naming the
 check; a header claiming more than ``max_pixels`` pixels (default Pillow's
 decompression-bomb limit, ``bitstream.DEFAULT_MAX_PIXELS`` = 89,478,485) is
 refused (``StreamTooLargeError``) before anything is allocated.
 """
 
+import dataclasses
 import time
 
 import jax.numpy as jnp
@@ -34,6 +41,7 @@ import numpy as np
 
 from m2t_jax import model as model_lib
 from m2t_jax.nn import precision
+from m2t_jax import refine as refine_lib
 from m2t_jax import saved_model
 from m2t_jax.coding import bitstream, determinism
 from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
@@ -43,7 +51,9 @@ from m2t_jax.coding.fingerprint import fingerprint
 from m2t_jax.nn.elic import DOWNSCALE
 
 __all__ = ["BitstreamError", "Codec", "DecodeMismatchError", "ImageError",
-           "StreamTooLargeError"]
+           "RefineSettings", "StreamTooLargeError"]
+
+RefineSettings = refine_lib.RefineSettings
 
 
 class ImageError(ValueError):
@@ -73,11 +83,18 @@ def latent_size(height: int, width: int) -> tuple[int, int]:
 class Codec:
   """A full model (E, D, entropy model) and its parameters."""
 
-  def __init__(self, config, params, max_pixels: int = bitstream.DEFAULT_MAX_PIXELS):
+  def __init__(self, config, params, max_pixels: int = bitstream.DEFAULT_MAX_PIXELS,
+               refine: "RefineSettings | int" = 0):
     """config, params: a full model's; max_pixels: the largest image (height x
     width) ``decompress`` accepts from a header, settable later as
-    ``codec.max_pixels``."""
+    ``codec.max_pixels``; refine: the encoder's latent refinement
+    (``RefineSettings`` or a number of steps; 0: none), settable later as
+    ``codec.refine``; images above ``codec.refine_max_pixels`` pixels are coded
+    unrefined (memory)."""
     self.max_pixels = int(max_pixels)
+    self.refine = self._refine_settings(refine, RefineSettings())
+    self.refine_max_pixels = refine_lib.MAX_PIXELS
+    self._refine_steps = {}  # jitted refinement steps, per image shape and settings
     config = precision.coding_config(config)  # always float32 (nn/precision.py)
     self.config = ml_collections.FrozenConfigDict(config)
     self.model = model_lib.build_model(config)
@@ -87,8 +104,9 @@ class Codec:
     # carry the whole model's, so neither kind of stream decodes as the other.
     self.entropy_coder = EntropyCoder(self.config, params["entropy_model"])
     self.entropy_model = self.entropy_coder.model
-    self._encode = determinism.jit(lambda p, x: jnp.round(self.model.apply(
-        {"params": p}, model_lib.pad_to_multiple(x), method=model_lib.CompressionModel.encode)))
+    # y = E(x) of a padded image, unrounded (refinement starts from it).
+    self._analysis = determinism.jit(lambda p, x: self.model.apply(
+        {"params": p}, x, method=model_lib.CompressionModel.encode))
     self._synthesize = determinism.jit(lambda p, y: jnp.clip(jnp.round(self.model.apply(
         {"params": p}, y, method=model_lib.CompressionModel.decode)), 0, 255).astype(jnp.uint8))
 
@@ -100,7 +118,8 @@ class Codec:
 
   @classmethod
   def load(cls, path: str | None = None,
-           max_pixels: int = bitstream.DEFAULT_MAX_PIXELS) -> "Codec":
+           max_pixels: int = bitstream.DEFAULT_MAX_PIXELS,
+           refine: "RefineSettings | int" = 0) -> "Codec":
     """A trained model.
 
     path: a folder written by ``save`` (config.json + params.npz); or None for
@@ -108,7 +127,8 @@ class Codec:
       (a kind such as 'm2t' or 'mt', or a name from ``m2t_jax/models/manifest.json``).
     Raises FileNotFoundError when there is no such model.
     """
-    return cls(*saved_model.load_params(saved_model.locate(path)), max_pixels=max_pixels)
+    return cls(*saved_model.load_params(saved_model.locate(path)), max_pixels=max_pixels,
+               refine=refine)
 
   def save(self, path: str) -> None:
     """Writes config.json and params.npz (parameters only) into folder ``path``."""
@@ -119,12 +139,33 @@ class Codec:
     return f"{self.config.model}:{self.config.size} ({self.fingerprint.hex()[:12]})"
 
   # --- the autoencoder ----------------------------------------------------------
-  def analyze(self, image: np.ndarray) -> np.ndarray:
+  @staticmethod
+  def _refine_settings(refine, default) -> RefineSettings:
+    """None -> default; an int -> default with that many steps; RefineSettings as is."""
+    if refine is None:
+      return default
+    if isinstance(refine, RefineSettings):
+      return refine
+    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)):
+      raise TypeError(f"refine must be None, an int or RefineSettings, got {refine!r}.")
+    return dataclasses.replace(default, steps=int(refine))
+
+  def analyze(self, image: np.ndarray, refine: "RefineSettings | int | None" = None
+              ) -> np.ndarray:
     """uint8 (H, W, 3) -> the latent that compress codes: y_hat int64 (1, h, w, C),
-    h, w = ``latent_size(H, W)``."""
+    h, w = ``latent_size(H, W)``. refine: None (``codec.refine``), a number of
+    steps or ``RefineSettings``; images above ``refine_max_pixels`` pixels get E's
+    latent unrefined."""
     image = check_image(image)
-    y = self._encode(self.params, jnp.asarray(image, jnp.float32)[None])
-    return np.asarray(y).astype(np.int64)
+    settings = self._refine_settings(refine, self.refine)
+    x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
+    y = self._analysis(self.params, x)
+    height, width = image.shape[:2]
+    if settings.steps and height * width <= self.refine_max_pixels:
+      lmbda = settings.lmbda if settings.lmbda is not None else float(self.config.lmbda)
+      y = refine_lib.refine(self.model, self.params, x, y, height, width, lmbda,
+                            settings, self._refine_steps)
+    return np.asarray(jnp.round(y)).astype(np.int64)
 
   def reconstruct(self, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
     """The decoder's image of a latent (1, h, w, C): uint8 (height, width, 3).
@@ -141,8 +182,12 @@ class Codec:
     return np.asarray(x)[0, :height, :width]
 
   # --- images <-> bytes ---------------------------------------------------------
-  def compress(self, image: np.ndarray, size_schedule=None) -> bytes:
+  def compress(self, image: np.ndarray, size_schedule=None,
+               refine: "RefineSettings | int | None" = None) -> bytes:
     """uint8 (H, W, 3) -> bytes (header + range-coded y_hat + CRC).
+
+    refine: the encoder's latent refinement (see ``analyze``); None:
+      ``codec.refine``. Decoding does not depend on it.
 
     size_schedule: for a nested model (kind 'nested'), the model exit of each
       decode step: None (the model's default), 'full', 'fast', 'smallest' or a
@@ -152,7 +197,7 @@ class Codec:
     """
     image = check_image(image)
     self.entropy_model.resolve_size_schedule(size_schedule)  # before the analysis
-    return self.compress_latent(self.analyze(image), *image.shape[:2], size_schedule)
+    return self.compress_latent(self.analyze(image, refine), *image.shape[:2], size_schedule)
 
   def compress_latent(self, y_hat: np.ndarray, height: int, width: int,
                       size_schedule=None) -> bytes:
@@ -222,8 +267,10 @@ class Codec:
     return self.entropy_coder.decode_tokens(
         payload, *latent_size(header.height, header.width), num_steps, header=header)
 
-  def estimate(self, image: np.ndarray, size_schedule=None) -> dict:
-    """The model's rate estimate and reconstruction of the y_hat that compress codes.
+  def estimate(self, image: np.ndarray, size_schedule=None,
+               refine: "RefineSettings | int | None" = None) -> dict:
+    """The model's rate estimate and reconstruction of the y_hat that compress codes
+    (with the same ``refine``).
 
     Returns {"bits": float, "bpp": float, "reconstruction": uint8 (H, W, 3),
     "y_hat": int64 (1, h, w, C)}. Bits from the continuous bin masses (the
@@ -231,8 +278,11 @@ class Codec:
     the kind has one (M2T), else the decode loop's distributions (MT).
     """
     image = check_image(image)
-    height, width = image.shape[:2]
-    y_hat = self.analyze(image)
+    return self.estimate_latent(self.analyze(image, refine), *image.shape[:2], size_schedule)
+
+  def estimate_latent(self, y_hat: np.ndarray, height: int, width: int,
+                      size_schedule=None) -> dict:
+    """``estimate`` of an integer latent (1, h, w, C) of a height x width image."""
     bits = self.entropy_coder.estimate_bits(y_hat, size_schedule)
     return {"bits": bits, "bpp": bits / (height * width), "y_hat": y_hat,
             "reconstruction": self.reconstruct(y_hat, height, width)}

@@ -11,6 +11,7 @@ from skimage import data as skdata
 
 from m2t_jax import Codec, get_config
 from m2t_jax.app import cli
+from m2t_jax.refine import RefineSettings
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -30,7 +31,9 @@ def test_compress_decompress_info_subprocess(tmp_path):
   assert r.returncode == 0, r.stderr
   decoded = np.asarray(Image.open(tmp_path / "out.png"))
   codec = Codec.from_config(get_config("m2t", "tiny"))
-  np.testing.assert_array_equal(decoded, codec.estimate(image)["reconstruction"])
+  # compress refines the latent by default (refine.py); the decoder is unaware.
+  default = RefineSettings(cli.DEFAULT_REFINE_STEPS, cli.DEFAULT_REFINE_LR)
+  np.testing.assert_array_equal(decoded, codec.estimate(image, refine=default)["reconstruction"])
   r = _run("info", str(tmp_path / "a.m2t"))
   assert r.returncode == 0 and "m2t" in r.stdout and "90" in r.stdout and "60" in r.stdout
 
@@ -70,14 +73,16 @@ def test_colour_modes_are_converted(tmp_path, capsys, mode):
   assert read.dtype == np.uint8 and read.shape == (20, 30, 3)
   np.testing.assert_array_equal(read, expected)
   assert notes  # every conversion is reported
-  assert cli.main(["compress", str(path), str(tmp_path / "a.m2t"), "--config", "m2t:tiny"]) == 0
+  assert cli.main(["compress", str(path), str(tmp_path / "a.m2t"), "--config", "m2t:tiny",
+                   "--refine-steps", "0"]) == 0
   assert "note:" in capsys.readouterr().err
 
 
 def test_decompress_max_pixels_flag(tmp_path, capsys):
   Image.fromarray(skdata.coffee()[:40, :30]).save(tmp_path / "in.png")
   common = ["--config", "m2t:tiny"]
-  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "a.m2t"), *common]) == 0
+  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "a.m2t"), *common,
+                   "--refine-steps", "0"]) == 0
   out = str(tmp_path / "out.png")
   assert cli.main(["decompress", str(tmp_path / "a.m2t"), out, *common,
                    "--max-pixels", "1199"]) == 1
@@ -95,7 +100,7 @@ def test_compress_size_schedule_flag_and_info(tmp_path, capsys):
   common = ["--config", "nested:tiny"]
   stream = str(tmp_path / "a.m2t")
   assert cli.main(["compress", str(tmp_path / "in.png"), stream, *common,
-                   "--size-schedule", "2,1,1,0"]) == 0
+                   "--size-schedule", "2,1,1,0", "--refine-steps", "0"]) == 0
   assert cli.main(["info", stream]) == 0
   assert "size schedule: exits 2,1,1,0" in capsys.readouterr().out
   out = str(tmp_path / "out.png")

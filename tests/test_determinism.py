@@ -29,7 +29,7 @@ def test_codec_functions_are_pinned_and_nothing_leaks():
   assert np.array_equal(codec.decompress(data), codec.estimate(image)["reconstruction"])
   # Every jitted function on the coding path is a PinnedJit ...
   frozen = codec.config  # the codec's own (hashable, frozen) config
-  for fn in (codec._encode, codec._synthesize, steps.step_fn(codec.entropy_model, frozen),
+  for fn in (codec._analysis, codec._synthesize, steps.step_fn(codec.entropy_model, frozen),
              tables.wide_fn(frozen), steps.element_bits):
     assert isinstance(fn, determinism.PinnedJit)
     assert fn._cache_size() >= 0  # the jitted function's attributes pass through

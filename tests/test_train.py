@@ -390,7 +390,8 @@ def test_m2t_eval_takes_a_training_workdir(mt_run, photos, tmp_path, capsys):
   def evaluate(*paths):
     output = str(tmp_path / "r.json")
     status = cli.main(["eval", "--images", str(images), "--checkpoint", *paths,
-                       "--output", output, "--no-progress", "--no-warmup"])
+                       "--output", output, "--no-progress", "--no-warmup",
+                       "--refine-steps", "0"])
     printed = capsys.readouterr()
     assert status == 0, printed.err
     with open(output) as f:

@@ -1,12 +1,13 @@
 """The ``m2t`` command.
 
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--size-schedule S]
+               [--refine-steps N] [--refine-lr LR]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
   m2t info FILE
   m2t demo [--output DIR]
   m2t summary CONFIG [SIZE]
   m2t eval (--images DIR | --tfds NAME:SPLIT) (--checkpoint DIR [DIR ...] | --config SPEC)
-           --output results.json
+           --output results.json [--refine-steps N] [--refine-lr LR]
 
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
@@ -23,12 +24,26 @@ before allocating anything; raise it for large images you trust.
 ``compress --size-schedule`` picks the decode-time model sizes of a nested model
 (kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0');
 the stream records it and ``m2t info`` shows it. Other kinds refuse it.
+``compress`` and ``eval`` refine each image's latent before coding it
+(``m2t_jax/refine.py``: ``--refine-steps`` gradient steps on the model's RD loss,
+default ``DEFAULT_REFINE_STEPS``; 0 codes E's latent as is, the Python API's
+default). It costs encoding time only; decoding is the same.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
 import argparse
 import os
 import sys
+
+# The encoder's latent refinement in ``compress`` and ``eval`` (see refine.py and
+# README "Encoder-side refinement" for what it gains and costs).
+DEFAULT_REFINE_STEPS = 30
+DEFAULT_REFINE_LR = 0.01
+
+
+def _refine(args):
+  from m2t_jax.refine import RefineSettings
+  return RefineSettings(steps=args.refine_steps, learning_rate=args.refine_lr)
 
 
 def _codec(args):
@@ -45,7 +60,7 @@ def _compress(args):
   image, notes = images.read_rgb(args.input)
   for note in notes:
     print(f"m2t: note: {note}", file=sys.stderr)
-  data = _codec(args).compress(image, size_schedule=args.size_schedule)
+  data = _codec(args).compress(image, size_schedule=args.size_schedule, refine=_refine(args))
   with open(args.output, "wb") as f:
     f.write(data)
   h, w = image.shape[:2]
@@ -82,7 +97,7 @@ def _summary(args):
   print(summary.format_summary(configs.load_config(args.config, args.size)))
 
 
-def _eval_model(path: str):
+def _eval_model(path: str, refine=0):
   """(label, factory of the Codec) of one ``m2t eval --checkpoint PATH``: a saved
   model folder; a training workdir: its exported model (``workdir/model``), else
   its latest orbax checkpoint (printing which); or a shipped name
@@ -92,14 +107,15 @@ def _eval_model(path: str):
   exported = os.path.join(path, "model")
   if is_dir and saved_model.is_saved_model(exported):
     print(f"{path}: a training workdir; using its exported model {exported}")
-    return path, lambda: Codec.load(exported)
+    return path, lambda: Codec.load(exported, refine=refine)
   if is_dir and os.path.isdir(os.path.join(path, "checkpoints")):
     from m2t_jax import train  # orbax and grain: only for a workdir without a model
     step = train.latest_step(path)
     if step is not None and os.path.isfile(os.path.join(path, "config.json")):
       print(f"{path}: a training workdir without an exported model; using its latest "
             f"checkpoint (step {step})")
-      return f"{path} (step {step})", lambda: Codec(*train.checkpoint_model(path, step))
+      return f"{path} (step {step})", lambda: Codec(*train.checkpoint_model(path, step),
+                                                     refine=refine)
   try:
     saved_model.locate(path)
   except FileNotFoundError:
@@ -109,7 +125,12 @@ def _eval_model(path: str):
         f"{path!r} is neither a saved model folder (config.json + params.npz) nor a "
         "training workdir (an exported model in model/, or orbax checkpoints in "
         "checkpoints/ beside the run's config.json).") from None
-  return path, lambda: Codec.load(path)
+  return path, lambda: Codec.load(path, refine=refine)
+
+
+def _with_refine(codec, args):
+  codec.refine = _refine(args)
+  return codec
 
 
 def _eval(args):
@@ -120,13 +141,14 @@ def _eval(args):
   if args.config:
     config = configs.load_config(args.config)
     codecs = [(f"{args.config} (seed {args.seed})",
-               lambda: Codec.from_config(config, seed=args.seed))]
+               lambda: _with_refine(Codec.from_config(config, seed=args.seed), args))]
   elif args.checkpoint:  # each resolved now: fail before hours of evaluation, not after
-    codecs = [_eval_model(path) for path in args.checkpoint]
+    codecs = [_eval_model(path, _refine(args)) for path in args.checkpoint]
   else:  # every shipped model of the default model's kind: one RD point per lambda
     models.resolve(None)  # raises FileNotFoundError: no model ships
     names = models.names(models.kinds()[0])
-    codecs = [(name, lambda name=name: Codec.load(name)) for name in names]
+    codecs = [(name, lambda name=name: Codec.load(name, refine=_refine(args)))
+              for name in names]
   if args.images:
     items, dataset = rd.folder_images(args.images), f"folder:{args.images}"
   else:
@@ -146,6 +168,14 @@ def _eval(args):
   if failed:
     print(f"m2t: warning: {len(failed)} of {len(per_image['images'])} image evaluations "
           f"failed (listed in {rd.per_image_path(args.output)})", file=sys.stderr)
+
+
+def _refine_arguments(p):
+  p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS,
+                 help="encoder-side latent refinement: gradient steps on the RD loss per "
+                      f"image (default {DEFAULT_REFINE_STEPS}; 0: off, fastest encoding)")
+  p.add_argument("--refine-lr", type=float, default=DEFAULT_REFINE_LR,
+                 help=f"its initial step size (default {DEFAULT_REFINE_LR})")
 
 
 def _parser():
@@ -168,6 +198,7 @@ def _parser():
                      help="nested models: the exit of each decode step, a name "
                           "('full', 'fast', 'smallest') or indices '2,2,1,0' "
                           "(default: the model's)")
+      _refine_arguments(p)
     if name == "decompress":
       from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
       p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -207,6 +238,7 @@ def _parser():
   p.add_argument("--no-warmup", action="store_true",
                  help="time the first image of each size with its compilation")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  _refine_arguments(p)
   p.set_defaults(func=_eval)
   return parser
 
