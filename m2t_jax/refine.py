@@ -43,15 +43,21 @@ import optax
 MAX_PIXELS = 4_194_304  # 2048 x 2048
 
 
+RATE_TARGETS = ("continuous", "rounded")
+
+
 @dataclasses.dataclass(frozen=True)
 class RefineSettings:
   """steps: gradient steps (0: no refinement, E's rounded latent);
   learning_rate: Adam's initial step size in latent units, decayed to 0 by a
   cosine over ``steps``; lmbda: the RD trade-off (None: the model's training
-  lambda, ``config.lmbda``)."""
+  lambda, ``config.lmbda``); rate_target: what the rate's gradient pays for,
+  'continuous' (y itself; the default) or 'rounded' (round(y), straight
+  through); see ``rd_loss_fn``."""
   steps: int = 0
   learning_rate: float = 0.01
   lmbda: float | None = None
+  rate_target: str = "continuous"
 
   def __post_init__(self):
     if not isinstance(self.steps, int) or self.steps < 0:
@@ -60,23 +66,27 @@ class RefineSettings:
       raise ValueError(f"refinement learning_rate must be > 0, got {self.learning_rate!r}.")
     if self.lmbda is not None and not self.lmbda > 0:
       raise ValueError(f"refinement lmbda must be > 0, got {self.lmbda!r}.")
+    if self.rate_target not in RATE_TARGETS:
+      raise ValueError(f"refinement rate_target must be one of {RATE_TARGETS}, "
+                       f"got {self.rate_target!r}.")
 
 
 def _ste_round(y):
   return y + jax.lax.stop_gradient(jnp.round(y) - y)
 
 
-def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float):
+def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float,
+               rate_target: str = "continuous"):
   """y -> (surrogate, loss) for one padded image (1, H', W', 3) on 0..255 of which
   the top-left ``height`` x ``width`` pixels are the image.
 
-  loss: L(y) exactly, the bits of round(y) (what is coded); surrogate: the same
-  but paying for y itself, the continuous value, in the bin the context
-  round(y) predicts, which is what the gradient follows. Straight through the
-  rounded target, the rate's gradient only sees the mixture around the current
-  integer; the continuous target pulls each element towards its mixture's mass,
-  so refinement trades bits as well as distortion (on photos 037/038: loss
-  -5.8% / -3.4% after 30 steps vs -4.1% / -4.0% through the rounded target).
+  loss: L(y) exactly, the bits of round(y) (what is coded); surrogate: what
+  the gradient follows. rate_target 'continuous': the surrogate pays for y
+  itself, the continuous value, in the mixture the context round(y) predicts,
+  which pulls each element towards its mixture's mass; 'rounded': it pays for
+  round(y) straight through, L itself, whose rate gradient only sees the
+  mixture around the current integer (README "Encoder-side refinement" compares
+  the two: ``experiments/refine_sweep.py``).
   """
   from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports nothing of ours back
   target = image[:, :height, :width]
@@ -84,7 +94,8 @@ def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float):
 
   def losses(y):
     y_hat = _ste_round(y)  # what D and the context see
-    bits = model.apply({"params": params}, y_hat, y,
+    paid = y if rate_target == "continuous" else y_hat
+    bits = model.apply({"params": params}, y_hat, paid,
                        method=model_lib.CompressionModel.latent_bits)[0]
     exact_bits = model.apply({"params": params}, jax.lax.stop_gradient(y_hat),
                              jax.lax.stop_gradient(y_hat),
@@ -96,14 +107,14 @@ def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float):
   return losses
 
 
-def make_step(model, height: int, width: int, lmbda: float):
+def make_step(model, height: int, width: int, lmbda: float, rate_target: str):
   """(optimizer, step, loss): jitted step(params, image, y, opt_state, step_size)
   -> (y', opt_state', loss of y) and loss(params, image, y) -> loss of y. The
   step size is an argument, so one compilation serves every number of steps."""
   optimizer = optax.scale_by_adam()
 
   def step(params, image, y, opt_state, step_size):
-    losses = rd_loss_fn(model, params, image, height, width, lmbda)
+    losses = rd_loss_fn(model, params, image, height, width, lmbda, rate_target)
     (_, value), grad = jax.value_and_grad(losses, has_aux=True)(y)
     direction, opt_state = optimizer.update(grad, opt_state, y)
     return y - step_size * direction, opt_state, value
@@ -126,9 +137,9 @@ def refine(model, params, image, y, height: int, width: int, lmbda: float,
   """
   if settings.steps == 0:
     return y
-  key = (height, width, image.shape, lmbda)
+  key = (height, width, image.shape, lmbda, settings.rate_target)
   if step_cache is None or key not in step_cache:
-    built = make_step(model, height, width, lmbda)
+    built = make_step(model, height, width, lmbda, settings.rate_target)
     if step_cache is not None:
       step_cache[key] = built
   else:

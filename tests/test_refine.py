@@ -68,7 +68,8 @@ def test_refinement_is_skipped_above_refine_max_pixels(image):
 
 @pytest.mark.parametrize("bad, error", [
     (dict(steps=-1), ValueError), (dict(steps=2.5), ValueError),
-    (dict(learning_rate=0.0), ValueError), (dict(lmbda=-1.0), ValueError)])
+    (dict(learning_rate=0.0), ValueError), (dict(lmbda=-1.0), ValueError),
+    (dict(rate_target="noisy"), ValueError)])
 def test_impossible_settings_are_refused(bad, error):
   with pytest.raises(error):
     RefineSettings(**bad)
@@ -95,3 +96,26 @@ def test_the_command_line_refines_by_default_and_zero_turns_it_off(tmp_path, ima
       image, refine=RefineSettings(steps=2, learning_rate=0.5))
   assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "c.m2t"),
                    "--config", "m2t:tiny", "--refine-steps", "-3"]) == 1
+
+
+def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, tiny, image):
+  import json
+  import os
+  import sys
+
+  from PIL import Image
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+  import refine_sweep  # noqa: PLC0415
+  tiny.save(str(tmp_path / "model"))
+  Image.fromarray(image).save(tmp_path / "a.png")
+  out = tmp_path / "sweep.json"
+  assert refine_sweep.main(["--model", str(tmp_path / "model"), "--images",
+                            str(tmp_path / "a.png"), "--settings", "0:0.01:rounded",
+                            "2:0.5:continuous", "--output", str(out)]) == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["setting"] for r in rows] == ["0:0.01:rounded", "2:0.5:continuous"]
+  # Zero steps is E's latent: no change at all; real bytes as compress writes them.
+  assert rows[0]["loss_change_pct"] == 0 and rows[0]["bpp_change_pct"] == 0
+  assert rows[0]["unrefined"]["bpp"] == 8 * len(tiny.compress(image)) / image[..., 0].size
+  # Refinement keeps the best latent it saw, E's included: never a higher loss.
+  assert rows[1]["refined"]["loss"] <= rows[1]["unrefined"]["loss"] + 1e-6
