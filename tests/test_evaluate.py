@@ -52,6 +52,7 @@ def test_results_schema(eval_run):
     assert len(doc["results"][key]) == 1 and isinstance(doc["results"][key][0], float), key
   assert doc["results"]["num_images"] == [2] and doc["results"]["num_failed"] == [1]
   assert doc["results"]["refine_steps"] == [cli.DEFAULT_REFINE_STEPS]
+  assert doc["results"]["refine_lmbda"] == [get_config("m2t", "tiny").lmbda]
 
 
 def test_bpp_is_the_real_byte_count(eval_run, photos):

@@ -96,6 +96,14 @@ def test_the_command_line_refines_by_default_and_zero_turns_it_off(tmp_path, ima
       image, refine=RefineSettings(steps=2, learning_rate=0.5))
   assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "c.m2t"),
                    "--config", "m2t:tiny", "--refine-steps", "-3"]) == 1
+  # --refine-lmbda is the trade-off refinement optimises: another lambda, another latent.
+  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "d.m2t"), *common,
+                   "--refine-steps", "2", "--refine-lmbda", "0.5"]) == 0
+  assert (tmp_path / "d.m2t").read_bytes() == tiny.compress(
+      image, refine=RefineSettings(steps=2, learning_rate=0.5, lmbda=0.5))
+  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "e.m2t"),
+                   "--config", "m2t:tiny", "--refine-lmbda", "0"]) == 1
+  assert not (tmp_path / "c.m2t").exists() and not (tmp_path / "e.m2t").exists()
 
 
 def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, tiny, image):

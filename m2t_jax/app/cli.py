@@ -1,13 +1,13 @@
 """The ``m2t`` command.
 
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--size-schedule S]
-               [--refine-steps N] [--refine-lr LR]
+               [--refine-steps N] [--refine-lr LR] [--refine-lmbda L]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
   m2t info FILE
   m2t demo [--output DIR]
   m2t summary CONFIG [SIZE]
   m2t eval (--images DIR | --tfds NAME:SPLIT) (--checkpoint DIR [DIR ...] | --config SPEC)
-           --output results.json [--refine-steps N] [--refine-lr LR]
+           --output results.json [--refine-steps N] [--refine-lr LR] [--refine-lmbda L]
 
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
@@ -43,7 +43,8 @@ DEFAULT_REFINE_LR = 0.01
 
 def _refine(args):
   from m2t_jax.refine import RefineSettings
-  return RefineSettings(steps=args.refine_steps, learning_rate=args.refine_lr)
+  return RefineSettings(steps=args.refine_steps, learning_rate=args.refine_lr,
+                        lmbda=args.refine_lmbda)
 
 
 def _codec(args):
@@ -57,10 +58,11 @@ def _codec(args):
 
 def _compress(args):
   from m2t_jax import images
+  refine = _refine(args)  # impossible settings fail before any work
   image, notes = images.read_rgb(args.input)
   for note in notes:
     print(f"m2t: note: {note}", file=sys.stderr)
-  data = _codec(args).compress(image, size_schedule=args.size_schedule, refine=_refine(args))
+  data = _codec(args).compress(image, size_schedule=args.size_schedule, refine=refine)
   with open(args.output, "wb") as f:
     f.write(data)
   h, w = image.shape[:2]
@@ -128,8 +130,8 @@ def _eval_model(path: str, refine=0):
   return path, lambda: Codec.load(path, refine=refine)
 
 
-def _with_refine(codec, args):
-  codec.refine = _refine(args)
+def _with_refine(codec, refine):
+  codec.refine = refine
   return codec
 
 
@@ -138,17 +140,17 @@ def _eval(args):
   from m2t_jax.evaluation import rd
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
+  refine = _refine(args)  # impossible settings fail before hours of evaluation
   if args.config:
     config = configs.load_config(args.config)
     codecs = [(f"{args.config} (seed {args.seed})",
-               lambda: _with_refine(Codec.from_config(config, seed=args.seed), args))]
+               lambda: _with_refine(Codec.from_config(config, seed=args.seed), refine))]
   elif args.checkpoint:  # each resolved now: fail before hours of evaluation, not after
-    codecs = [_eval_model(path, _refine(args)) for path in args.checkpoint]
+    codecs = [_eval_model(path, refine) for path in args.checkpoint]
   else:  # every shipped model of the default model's kind: one RD point per lambda
     models.resolve(None)  # raises FileNotFoundError: no model ships
     names = models.names(models.kinds()[0])
-    codecs = [(name, lambda name=name: Codec.load(name, refine=_refine(args)))
-              for name in names]
+    codecs = [(name, lambda name=name: Codec.load(name, refine=refine)) for name in names]
   if args.images:
     items, dataset = rd.folder_images(args.images), f"folder:{args.images}"
   else:
@@ -176,6 +178,10 @@ def _refine_arguments(p):
                       f"image (default {DEFAULT_REFINE_STEPS}; 0: off, fastest encoding)")
   p.add_argument("--refine-lr", type=float, default=DEFAULT_REFINE_LR,
                  help=f"its initial step size (default {DEFAULT_REFINE_LR})")
+  p.add_argument("--refine-lmbda", type=float, default=None,
+                 help="its RD trade-off (default: the model's config.lmbda; give the "
+                      "autoencoder's for a workdir that trained only the entropy model "
+                      "or decoder, whose own lmbda field was not its loss's)")
 
 
 def _parser():

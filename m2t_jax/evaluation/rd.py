@@ -349,7 +349,9 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
                   "lmbda": float(codec.config.get("lmbda", math.nan)),
                   # The encoder's latent refinement (0 steps: E's latent as is).
                   "refine_steps": codec.refine.steps,
-                  "refine_learning_rate": codec.refine.learning_rate})
+                  "refine_learning_rate": codec.refine.learning_rate,
+                  "refine_lmbda": float(codec.refine.lmbda if codec.refine.lmbda is not None
+                                        else codec.config.get("lmbda", math.nan))})
     points.append(point)
     del codec
   name = name or ", ".join(dict.fromkeys(kinds))
@@ -366,7 +368,7 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
       points, meta, extra_keys=("estimated_bpp", "num_images", "num_failed", "checkpoint",
                                 "codec", "fingerprint", "model", "order", "num_steps",
                                 "alpha", "lmbda", "refine_steps",
-                                "refine_learning_rate"))
+                                "refine_learning_rate", "refine_lmbda"))
   per_image_doc = {"name": name, "meta": meta, "images": per_image}
   write_json(output, results)
   write_json(per_image_path(output), per_image_doc)
