@@ -8,6 +8,7 @@ import skimage.data
 from m2t_jax import Codec, get_config
 from m2t_jax import model as model_lib
 from m2t_jax.app import cli
+from m2t_jax.entropy import registry
 from m2t_jax.refine import RefineSettings
 
 
@@ -127,3 +128,12 @@ def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, 
   assert rows[0]["unrefined"]["bpp"] == 8 * len(tiny.compress(image)) / image[..., 0].size
   # Refinement keeps the best latent it saw, E's included: never a higher loss.
   assert rows[1]["refined"]["loss"] <= rows[1]["unrefined"]["loss"] + 1e-6
+
+
+@pytest.mark.parametrize("kind", registry.names())
+def test_every_kind_refines_and_decodes_to_its_estimate(kind, image):
+  codec = Codec.from_config(get_config(kind, "tiny"), seed=0)
+  settings = RefineSettings(steps=2, learning_rate=0.5)
+  data = codec.compress(image, refine=settings)
+  assert np.array_equal(codec.decompress(data),
+                        codec.estimate(image, refine=settings)["reconstruction"])
