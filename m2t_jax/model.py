@@ -56,7 +56,8 @@ def pad_to_multiple(image: jax.Array, multiple: int = DOWNSCALE) -> jax.Array:
   return jnp.pad(image, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
 
 
-def _ste_round(y):
+def ste_round(y):
+  """round(y) forward, identity backward (straight-through; training, refine.py)."""
   return y + jax.lax.stop_gradient(jnp.round(y) - y)
 
 
@@ -120,7 +121,7 @@ class CompressionModel(nn.Module):
     """
     _, h_img, w_img, _ = image.shape
     y = self.encode(image)
-    y_hat = _ste_round(y)
+    y_hat = ste_round(y)
     mask_rng = None
     if train:
       if rng is None:

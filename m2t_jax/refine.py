@@ -27,8 +27,9 @@ with the lowest loss seen is returned, E's own latent included: refinement
 never returns a latent whose estimated loss is above E's.
 
 Cost: one decoder and one entropy-model pass forward and backward per step, on
-the whole image (CPU: about 3 s per step for a 1296 x 864 photo on a 2-core VM;
-memory grows with the image, hence ``MAX_PIXELS``).
+the whole image (README "Encoder-side refinement": 30 steps took 90-123 s per
+0.74-1.12 MP photo in ``m2t eval`` on a 2-core VM; memory grows with the image,
+hence ``MAX_PIXELS``).
 """
 
 import dataclasses
@@ -36,6 +37,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
+
+from m2t_jax import model as model_lib
 
 # Images above this many pixels are coded unrefined (E's latent, as with steps=0):
 # the backward pass through D at full resolution needs several GiB per megapixel
@@ -71,10 +74,6 @@ class RefineSettings:
                        f"got {self.rate_target!r}.")
 
 
-def _ste_round(y):
-  return y + jax.lax.stop_gradient(jnp.round(y) - y)
-
-
 def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float,
                rate_target: str = "continuous"):
   """y -> (surrogate, loss) for one padded image (1, H', W', 3) on 0..255 of which
@@ -88,18 +87,20 @@ def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float,
   mixture around the current integer (README "Encoder-side refinement" compares
   the two: ``experiments/refine_sweep.py``).
   """
-  from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports nothing of ours back
   target = image[:, :height, :width]
   pixels = height * width
 
   def losses(y):
-    y_hat = _ste_round(y)  # what D and the context see
+    y_hat = model_lib.ste_round(y)  # what D and the context see
     paid = y if rate_target == "continuous" else y_hat
     bits = model.apply({"params": params}, y_hat, paid,
                        method=model_lib.CompressionModel.latent_bits)[0]
-    exact_bits = model.apply({"params": params}, jax.lax.stop_gradient(y_hat),
-                             jax.lax.stop_gradient(y_hat),
-                             method=model_lib.CompressionModel.latent_bits)[0]
+    if rate_target == "rounded":  # the surrogate is L itself
+      exact_bits = bits
+    else:
+      exact_bits = model.apply({"params": params}, jax.lax.stop_gradient(y_hat),
+                               jax.lax.stop_gradient(y_hat),
+                               method=model_lib.CompressionModel.latent_bits)[0]
     x_hat = model.apply({"params": params}, y_hat, method=model_lib.CompressionModel.decode)
     distortion = lmbda * jnp.mean(jnp.square(x_hat[:, :height, :width] - target))
     return bits / pixels + distortion, exact_bits / pixels + distortion
