@@ -46,7 +46,8 @@ def test_quick_report_writes_every_section(tmp_path):
     assert 0 < r["transformer_s"] < r["full_decode_s"]
 
   results = sections["bench_train"]["results"]
-  assert sorted(r["compute_dtype"] for r in results) == ["bfloat16", "float32"]
+  # --quick trains float32 only (test_precision.py covers bfloat16 training).
+  assert [r["compute_dtype"] for r in results] == ["float32"]
   assert all(r["steps_per_sec"] > 0 and r["images_per_sec"] > 0 for r in results)
 
   md = (out / "report.md").read_text()
