@@ -15,7 +15,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from m2t_jax import Codec, configs, model as model_lib, saved_model, train
+from m2t_jax import Codec, configs, model as model_lib, models, saved_model, train
 from m2t_jax.coding.entropy_coder import EntropyCoder
 from m2t_jax.train import frozen
 
@@ -119,7 +119,7 @@ def test_two_kinds_on_the_same_latents_decode_to_the_same_image(source, photos,
 def test_decoder_part_changes_only_the_decoder_and_lowers_its_mse(source, photos,
                                                                   tmp_path):
   _, initial = source
-  config = _config("m2t", "decoder", source[0], photos, 30)
+  config = _config("m2t", "decoder", source[0], photos, 30, decoder_margin=1)
   train.train_and_evaluate(config, str(tmp_path))
   _, trained = saved_model.load_params(str(tmp_path / "model"))
   for name in ("analysis", "entropy_model"):
@@ -129,6 +129,69 @@ def test_decoder_part_changes_only_the_decoder_and_lowers_its_mse(source, photos
       Codec(config, params).decompress(Codec(config, params).compress(image))
       .astype(float) - image))
   assert mse(trained) < 0.5 * mse(initial)
+
+
+def test_scored_mask_skips_the_margin_inside_the_image_only():
+  # A 6-cell window with a 2-cell margin, at cell (3, 3) of a 20 x 20-cell
+  # latent: every side lies inside the image, so only cells 2..3 are scored.
+  mask = frozen.scored_mask(3, 3, 6, 20, 20, margin=2)
+  assert mask.shape == (96, 96) and mask.dtype == np.uint8
+  expected = np.zeros((96, 96), np.uint8)
+  expected[32:64, 32:64] = 1
+  np.testing.assert_array_equal(mask, expected)
+  # At the top-left corner: the image's own edges are scored, the far sides not.
+  expected = np.zeros((96, 96), np.uint8)
+  expected[0:64, 0:64] = 1
+  np.testing.assert_array_equal(frozen.scored_mask(0, 0, 6, 20, 20, 2), expected)
+  # At the bottom-right corner (cells 14..19 of 20): near sides skipped, far scored.
+  expected = np.zeros((96, 96), np.uint8)
+  expected[32:96, 32:96] = 1
+  np.testing.assert_array_equal(frozen.scored_mask(14, 14, 6, 20, 20, 2), expected)
+  # A latent of 3 x 4 cells, padded to the window: only its real cells count.
+  expected = np.zeros((96, 96), np.uint8)
+  expected[0:48, 0:64] = 1
+  np.testing.assert_array_equal(frozen.scored_mask(0, 0, 6, 3, 4, 2), expected)
+  # No margin: the whole real window.
+  assert frozen.scored_mask(3, 3, 6, 20, 20, 0).all()
+
+
+def test_decoder_crops_score_what_full_image_decoding_gives():
+  """The reason for the margin: on the scored pixels of a training window, D of
+  the shipped default run on the window alone gives the full-image decode; on
+  all of a window cut inside the image it does not (zeros beyond its sides)."""
+  codec = Codec.load(models.manifest()["default"])
+  config = codec.config
+  model = model_lib.build_model(config)
+  decode = jax.jit(lambda y: model.apply({"params": codec.params}, y,
+                                         method=model_lib.CompressionModel.decode))
+  image = skimage.data.astronaut()[:320, 64:384]
+  y_full = frozen.compute_latents(config, codec.params, [image])[0]  # not the mirror
+  full = np.asarray(decode(y_full[None].astype(np.float32)))[0]
+  crop = frozen.LatentCrop(2, margin=4)  # 2 scored cells in a 10-cell window
+  inside = 0
+  for seed in range(8):
+    pixels, y, scored = crop.random_map((image, y_full), np.random.default_rng(seed))
+    assert y.shape == (10, 10, y_full.shape[-1]) and pixels.shape == (160, 160, 3)
+    top, left = _window_position(image, pixels)
+    np.testing.assert_array_equal(y, y_full[top:top + 10, left:left + 10])
+    alone = np.asarray(decode(y[None].astype(np.float32)))[0]
+    same = full[16 * top:16 * top + 160, 16 * left:16 * left + 160]
+    on = scored.astype(bool)
+    np.testing.assert_allclose(alone[on], same[on], atol=0.01)  # on 0..255
+    if 0 < top < 10 and 0 < left < 10:  # a window inside the image on every side
+      inside += 1
+      assert np.abs(alone - same).max() > 10
+  assert inside > 0
+
+
+def _window_position(image, pixels):
+  """(top, left) in cells of the 16-aligned window ``pixels`` of ``image``."""
+  h, w = pixels.shape[:2]
+  found = [(t, c) for t in range(0, image.shape[0] - h + 1, 16)
+           for c in range(0, image.shape[1] - w + 1, 16)
+           if np.array_equal(image[t:t + h, c:c + w], pixels)]
+  assert len(found) == 1
+  return found[0][0] // 16, found[0][1] // 16
 
 
 def test_resumed_run_equals_the_uninterrupted_one(source, photos, tmp_path):
@@ -152,6 +215,10 @@ def test_impossible_part_settings_are_refused(source, photos):
   config = _config("m2t", "encoder", source[0], photos, 5)
   with pytest.raises(ValueError, match="train_part='encoder'"):
     train.validate_training_config(config)
+  for margin in (-1,):
+    config = _config("m2t", "decoder", source[0], photos, 5, decoder_margin=margin)
+    with pytest.raises(ValueError, match="decoder_margin"):
+      train.validate_training_config(config)
   config = _config("m2t", "decoder", source[0], photos, 5)
   with pytest.raises(ValueError, match="entropy model"):
     frozen.check_warm_start(config, ["['entropy_model']['head']['kernel']"])

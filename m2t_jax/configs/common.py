@@ -144,6 +144,11 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # autoencoder; loss = bpp) or 'decoder' (only D, on the same frozen latents;
   # loss = lambda * MSE).
   c.train_part = "all"
+  # train_part='decoder': D decodes a latent window this many cells wider on every
+  # side than crop_size / 16 and the loss skips those cells wherever the window
+  # lies inside the image: zeros beyond a crop's side are borders full-image
+  # decoding does not have (train/frozen.py, LatentCrop).
+  c.decoder_margin = 4
   # Whether a warm start also copies the entropy model. False starts it from its
   # initial values (config.seed) while the autoencoder is still copied: the
   # entropy-model benchmark trains every kind this way, so that a kind that shares
