@@ -6,6 +6,7 @@ The runs are in-process (one CPU device) on the tiny configs and scikit-image's
 photos; a random tiny M2T saved to disk is the frozen source.
 """
 
+import importlib.util
 import os
 import shutil
 
@@ -182,6 +183,20 @@ def test_decoder_crops_score_what_full_image_decoding_gives():
       inside += 1
       assert np.abs(alone - same).max() > 10
   assert inside > 0
+
+
+def test_crop_border_experiment_finds_the_excess_and_its_margin():
+  spec = importlib.util.spec_from_file_location(
+      "decoder_crop_borders", os.path.join(os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__))), "experiments", "decoder_crop_borders.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  codec = Codec.load(models.manifest()["default"])
+  # 16 x 16 cells: the one 8-cell window 4 cells from every edge starts at cell 4.
+  result = script.measure(codec, skimage.data.astronaut()[:256, :256], 8, (0, 3))
+  assert result["windows"] == 1
+  assert result["by_margin"]["0"]["excess"] > 0.05  # the crop's zero borders cost
+  assert abs(result["by_margin"]["3"]["excess"]) < 0.01  # the interior does not
 
 
 def _window_position(image, pixels):
