@@ -7,6 +7,7 @@ photos; a random tiny M2T saved to disk is the frozen source.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 
@@ -80,7 +81,8 @@ def _latents(params, config):
 @pytest.fixture(scope="module")
 def entropy_run(source, photos, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("entropy_run"))
-  config = _config("m2t", "entropy", source[0], photos, 50)
+  # lmbda: not the source's; the run must take the source's (adopt_source_lmbda).
+  config = _config("m2t", "entropy", source[0], photos, 50, lmbda=0.3)
   result = train.train_and_evaluate(config, workdir)
   _, params = saved_model.load_params(os.path.join(workdir, "model"))
   return config, workdir, params, result
@@ -93,6 +95,11 @@ def test_entropy_part_changes_only_the_entropy_model_and_lowers_its_bits(source,
   for name in ("analysis", "synthesis"):
     assert _same(trained[name], initial[name]), name
   assert not _same(trained["entropy_model"], initial["entropy_model"])
+  # The exported model carries its autoencoder's lambda, not the run's field.
+  with open(os.path.join(source[0], "config.json")) as f:
+    source_lmbda = json.load(f)["lmbda"]
+  with open(os.path.join(entropy_run[1], "model", "config.json")) as f:
+    assert json.load(f)["lmbda"] == source_lmbda != 0.3
   # Bits of the real coding schedule on the full photos' latents, before and after
   # (EntropyCoder, not the training loss).
   latents = _latents(initial, config)

@@ -180,8 +180,9 @@ def _refine_arguments(p):
                  help=f"its initial step size (default {DEFAULT_REFINE_LR})")
   p.add_argument("--refine-lmbda", type=float, default=None,
                  help="its RD trade-off (default: the model's config.lmbda; give the "
-                      "autoencoder's for a workdir that trained only the entropy model "
-                      "or decoder, whose own lmbda field was not its loss's)")
+                      "autoencoder's for a workdir of a run that trained only the entropy "
+                      "model or decoder before 2026-12-05, whose lmbda field was not its "
+                      "autoencoder's)")
 
 
 def _parser():

@@ -31,6 +31,7 @@ are identical and their real bytes alone rank them
 """
 
 import hashlib
+import json
 import os
 
 import grain
@@ -41,6 +42,7 @@ import optax
 from absl import logging
 
 from m2t_jax import model as model_lib
+from m2t_jax import saved_model
 from m2t_jax.nn.elic import DOWNSCALE
 from m2t_jax.train import data as data_lib
 
@@ -69,6 +71,31 @@ def config_problems(config) -> list[str]:
   if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
     return [f"decoder_margin={margin!r} must be an int >= 0 (latent cells)."]
   return []
+
+
+def adopt_source_lmbda(config) -> None:
+  """Sets ``config.lmbda`` of a one-part run to its autoencoder's (init_from's).
+
+  A one-part run's model has its source's rate-distortion trade-off: the entropy
+  part's loss is bits only, and the decoder part's, lambda * MSE, has the same best
+  D for any lambda (it only scales the loss). Without this the run's config, its
+  exported model and everything that reads ``config.lmbda`` from it (refinement,
+  ``ship_model.py``, a further one-part run warm-started from it) would carry the
+  config file's default instead. A source that no longer resolves is left to the
+  warm start to report (a resumed run does not need it).
+  """
+  if part(config) == "all" or not config.init_from:
+    return
+  try:
+    folder = saved_model.locate(config.init_from)
+  except FileNotFoundError:
+    return
+  with open(os.path.join(folder, "config.json")) as f:
+    source = json.load(f)["lmbda"]
+  if config.lmbda != source:
+    logging.info("train_part=%r: lambda %g -> %g, the trade-off of init_from's "
+                 "autoencoder.", part(config), config.lmbda, source)
+    config.lmbda = source
 
 
 def wrap_optimizer(config, optimizer: optax.GradientTransformation

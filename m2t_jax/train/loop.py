@@ -39,6 +39,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
      'eval_metrics': the last evaluation record or None}.
   """
   validate_training_config(config)
+  frozen.adopt_source_lmbda(config)  # a one-part run's model has its source's lambda
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   chief = jax.process_index() == 0
