@@ -1,9 +1,7 @@
 """Classical baselines: real encoded bytes, independently recomputed PSNR."""
 
-import importlib.util
 import io
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,8 +9,6 @@ from PIL import Image, features
 from skimage import data as skdata
 
 from m2t_jax.evaluation import classical, rd
-
-REPO = os.path.dirname(os.path.dirname(__file__))
 
 
 def _pillow(image, **kwargs):
@@ -66,16 +62,13 @@ def test_unavailable_or_bad_settings():
     classical.encode(np.zeros((8, 8, 3), np.uint8), "jpeg", 101)
 
 
-def test_script_writes_compressai_files_and_survives_a_bad_image(tmp_path, photo):
+def test_script_writes_compressai_files_and_survives_a_bad_image(tmp_path, photo, experiment):
   folder = tmp_path / "images"
   folder.mkdir()
   Image.fromarray(photo).save(folder / "a.png")
   Image.fromarray(skdata.astronaut()[:80, :112]).save(folder / "b.png")
   (folder / "c.png").write_bytes(b"garbage")
-  spec = importlib.util.spec_from_file_location(
-      "classical_script", os.path.join(REPO, "experiments", "classical.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = experiment("classical")
   out = tmp_path / "out" / "classical.json"
   assert script.main(["--images", str(folder), "--output", str(out), "--codecs", "jpeg",
                       "webp", "--qualities", "30", "70", "--no-progress"]) == 0

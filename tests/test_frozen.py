@@ -6,7 +6,6 @@ The runs are in-process (one CPU device) on the tiny configs and scikit-image's
 photos; a random tiny M2T saved to disk is the frozen source.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -192,12 +191,8 @@ def test_decoder_crops_score_what_full_image_decoding_gives():
   assert inside > 0
 
 
-def test_crop_border_experiment_finds_the_excess_and_its_margin():
-  spec = importlib.util.spec_from_file_location(
-      "decoder_crop_borders", os.path.join(os.path.dirname(os.path.dirname(
-          os.path.abspath(__file__))), "experiments", "decoder_crop_borders.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+def test_crop_border_experiment_finds_the_excess_and_its_margin(experiment):
+  script = experiment("decoder_crop_borders")
   codec = Codec.load(models.manifest()["default"])
   # 16 x 16 cells: the one 8-cell window 4 cells from every edge starts at cell 4.
   result = script.measure(codec, skimage.data.astronaut()[:256, :256], 8, (0, 3))

@@ -7,7 +7,6 @@ limit.
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import struct
@@ -25,7 +24,6 @@ from m2t_jax import (BitstreamError, Codec, DecodeMismatchError, LatentError,
 from m2t_jax.coding import bitstream
 from m2t_jax.entropy import registry
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -214,16 +212,8 @@ def test_forged_huge_header_is_refused_fast_and_small(fresh_process):
   assert report["peak_growth_mb"] < 500
 
 
-def _fuzz_module():
-  spec = importlib.util.spec_from_file_location(
-      "fuzz", os.path.join(_ROOT, "experiments", "fuzz.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_fuzz_sample_every_kind_under_a_time_limit():
-  fuzz = _fuzz_module()
+def test_fuzz_sample_every_kind_under_a_time_limit(experiment):
+  fuzz = experiment("fuzz")
   # Small forged sizes keep the (untimed) compilation of new shapes cheap here;
   # experiments/fuzz.py runs the full list.
   report = fuzz.run(100, seed=1, time_limit=5.0, kinds=registry.names(),

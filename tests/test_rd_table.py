@@ -1,15 +1,11 @@
 """experiments/rd_table.py: BD-rates of results files, and the per-photo spread."""
 
 import json
-import os
-import sys
 
 import pytest
+from conftest import load_experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
-
-import rd_table  # noqa: E402
+rd_table = load_experiment("rd_table")
 
 BPP = [0.1, 0.2, 0.4, 0.8]
 PSNR = [28.0, 30.5, 33.2, 36.0]
@@ -84,7 +80,7 @@ def test_per_image_needs_a_results_file_as_anchor(files, capsys):
 
 
 def test_per_image_without_per_image_file_is_a_clear_error(files, capsys):
-  os.remove(files / "ours.per_image.json")
+  (files / "ours.per_image.json").unlink()
   assert rd_table.main([str(files / "ours.json"), "--anchor", str(files / "anchor.webp.json"),
                         "--references", "none", "--per-image",
                         "--output", str(files / "t")]) == 1

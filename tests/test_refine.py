@@ -107,14 +107,12 @@ def test_the_command_line_refines_by_default_and_zero_turns_it_off(tmp_path, ima
   assert not (tmp_path / "c.m2t").exists() and not (tmp_path / "e.m2t").exists()
 
 
-def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, tiny, image):
+def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, tiny, image,
+                                                                     experiment):
   import json
-  import os
-  import sys
 
   from PIL import Image
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
-  import refine_sweep  # noqa: PLC0415
+  refine_sweep = experiment("refine_sweep")
   tiny.save(str(tmp_path / "model"))
   Image.fromarray(image).save(tmp_path / "a.png")
   out = tmp_path / "sweep.json"
