@@ -6,6 +6,7 @@ recompiling (the suite must run in minutes on 2 CPU cores). It lives in the pyte
 cache folder and is passed to subprocesses through the environment.
 """
 
+import importlib.util
 import os
 
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -21,25 +22,16 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
-import importlib.util  # noqa: E402
-
-import pytest  # noqa: E402
-
 _EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "experiments")
 
 
 def load_experiment(name):
-  """experiments/<name>.py as a module; the scripts are not a package, and
-  loading them by path keeps experiments/ off sys.path for every other test."""
+  """experiments/<name>.py as a module (tests import it: ``from conftest import
+  load_experiment``); the scripts are not a package, and loading them by path
+  keeps experiments/ off sys.path for every other test."""
   spec = importlib.util.spec_from_file_location(
       f"experiments_{name}", os.path.join(_EXPERIMENTS, f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-@pytest.fixture
-def experiment():
-  """The `load_experiment` function, for tests that run an experiment script."""
-  return load_experiment

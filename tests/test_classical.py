@@ -9,6 +9,7 @@ from PIL import Image, features
 from skimage import data as skdata
 
 from m2t_jax.evaluation import classical, rd
+from conftest import load_experiment
 
 
 def _pillow(image, **kwargs):
@@ -62,13 +63,13 @@ def test_unavailable_or_bad_settings():
     classical.encode(np.zeros((8, 8, 3), np.uint8), "jpeg", 101)
 
 
-def test_script_writes_compressai_files_and_survives_a_bad_image(tmp_path, photo, experiment):
+def test_script_writes_compressai_files_and_survives_a_bad_image(tmp_path, photo):
   folder = tmp_path / "images"
   folder.mkdir()
   Image.fromarray(photo).save(folder / "a.png")
   Image.fromarray(skdata.astronaut()[:80, :112]).save(folder / "b.png")
   (folder / "c.png").write_bytes(b"garbage")
-  script = experiment("classical")
+  script = load_experiment("classical")
   out = tmp_path / "out" / "classical.json"
   assert script.main(["--images", str(folder), "--output", str(out), "--codecs", "jpeg",
                       "webp", "--qualities", "30", "70", "--no-progress"]) == 0

@@ -19,6 +19,7 @@ from PIL import Image
 from m2t_jax import Codec, configs, model as model_lib, models, saved_model, train
 from m2t_jax.coding.entropy_coder import EntropyCoder
 from m2t_jax.train import frozen
+from conftest import load_experiment
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
@@ -191,8 +192,8 @@ def test_decoder_crops_score_what_full_image_decoding_gives():
   assert inside > 0
 
 
-def test_crop_border_experiment_finds_the_excess_and_its_margin(experiment):
-  script = experiment("decoder_crop_borders")
+def test_crop_border_experiment_finds_the_excess_and_its_margin():
+  script = load_experiment("decoder_crop_borders")
   codec = Codec.load(models.manifest()["default"])
   # 16 x 16 cells: the one 8-cell window 4 cells from every edge starts at cell 4.
   result = script.measure(codec, skimage.data.astronaut()[:256, :256], 8, (0, 3))

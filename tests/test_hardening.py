@@ -23,6 +23,7 @@ from m2t_jax import (BitstreamError, Codec, DecodeMismatchError, LatentError,
                      StreamTooLargeError, get_config)
 from m2t_jax.coding import bitstream
 from m2t_jax.entropy import registry
+from conftest import load_experiment
 
 
 
@@ -212,8 +213,8 @@ def test_forged_huge_header_is_refused_fast_and_small(fresh_process):
   assert report["peak_growth_mb"] < 500
 
 
-def test_fuzz_sample_every_kind_under_a_time_limit(experiment):
-  fuzz = experiment("fuzz")
+def test_fuzz_sample_every_kind_under_a_time_limit():
+  fuzz = load_experiment("fuzz")
   # Small forged sizes keep the (untimed) compilation of new shapes cheap here;
   # experiments/fuzz.py runs the full list.
   report = fuzz.run(100, seed=1, time_limit=5.0, kinds=registry.names(),

@@ -10,6 +10,7 @@ from m2t_jax import model as model_lib
 from m2t_jax.app import cli
 from m2t_jax.entropy import registry
 from m2t_jax.refine import RefineSettings
+from conftest import load_experiment
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +108,11 @@ def test_the_command_line_refines_by_default_and_zero_turns_it_off(tmp_path, ima
   assert not (tmp_path / "c.m2t").exists() and not (tmp_path / "e.m2t").exists()
 
 
-def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, tiny, image,
-                                                                     experiment):
+def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, tiny, image):
   import json
 
   from PIL import Image
-  refine_sweep = experiment("refine_sweep")
+  refine_sweep = load_experiment("refine_sweep")
   tiny.save(str(tmp_path / "model"))
   Image.fromarray(image).save(tmp_path / "a.png")
   out = tmp_path / "sweep.json"
