@@ -21,8 +21,10 @@ validation photo (bpp per photo, mean, min/max), Δ% vs MT at the same S; at the
 last step also the transformer decode time (decode steps alone) and the full
 decode time of the first validation photo, XLA FLOPs of the decode steps per
 image, and the entropy model's parameter count. The ranking at each evaluated
-step shows when it stops changing. Writes JSON (--output.json), a markdown table
-(.md) and a bpp-vs-decode-time plot (.png).
+step, its Kendall's tau against the last step's order and the first step from
+which the order no longer changes show how many steps the ranking needs; per
+photo wins of each adjacent pair say how firmly the last order holds. Writes
+JSON (--output.json), a markdown table (.md) and a bpp-vs-decode-time plot (.png).
 
 A kind may offer decode variants through ``EntropyCoder.compress(...,
 size_schedule=...)`` (nested M2T); pass them as ``--variants kind=name,name``.
@@ -181,6 +183,51 @@ def _name(row) -> str:
           + (f" [{row['variant']}]" if row["variant"] else ""))
 
 
+def ranking_stability(rows, steps) -> dict:
+  """How the order by mean bpp changes over the evaluated ``steps``.
+
+  Only entries (model, S, variant) evaluated at every step take part, so that
+  each step ranks the same set. Returns ``{"entries": [...], "per_step": [{"step",
+  "tau", "flipped"}], "settled_at": step}``: ``tau`` is Kendall's tau between the
+  order at that step and at the last step (1.0 = the same order), ``flipped`` the
+  pairs ordered the other way, ``settled_at`` the first step from which every later
+  step has the last step's order (the last step itself when the order changed
+  there). An empty dict when fewer than two steps or two entries exist.
+  """
+  from scipy.stats import kendalltau
+  bpp = {}
+  for r in rows:
+    bpp.setdefault(_name(r), {})[r["step"]] = r["bpp"]
+  steps = sorted(steps)
+  names = sorted(n for n, by_step in bpp.items() if all(s in by_step for s in steps))
+  if len(steps) < 2 or len(names) < 2:
+    return {}
+  last = [bpp[n][steps[-1]] for n in names]
+  per_step = []
+  for s in steps:
+    at = [bpp[n][s] for n in names]
+    flipped = [f"{a} / {b}" for i, a in enumerate(names) for b in names[i + 1:]
+               if (bpp[a][s] - bpp[b][s]) * (bpp[a][steps[-1]] - bpp[b][steps[-1]]) < 0]
+    per_step.append({"step": s, "tau": float(kendalltau(at, last).statistic),
+                     "flipped": flipped})
+  settled_at = steps[-1]
+  for entry in reversed(per_step):
+    if entry["flipped"]:
+      break
+    settled_at = entry["step"]
+  return {"entries": names, "per_step": per_step, "settled_at": settled_at}
+
+
+def photo_wins(rows, step) -> list[str]:
+  """For each pair adjacent in the order at ``step``: on how many validation photos
+  the better-ranked entry codes fewer bytes, e.g. "m2t:S=12 < mt S=12: 5/6 photos"."""
+  at = sorted((r for r in rows if r["step"] == step), key=lambda r: r["bpp"])
+  wins = [sum(x < y for x, y in zip(a["bpp_per_photo"], b["bpp_per_photo"], strict=True))
+          for a, b in zip(at, at[1:], strict=False)]
+  return [f"{_name(a)} < {_name(b)}: {w}/{len(a['bpp_per_photo'])} photos"
+          for a, b, w in zip(at, at[1:], wins, strict=False)]
+
+
 def markdown(rows, photos, args) -> str:
   last = [r for r in rows if r["step"] == max(args.eval_steps)]
   mt = {r["S"]: r["bpp"] for r in last if r["kind"] == "mt"}
@@ -201,6 +248,17 @@ def markdown(rows, photos, args) -> str:
     if not at:
       continue
     lines.append(f"- step {step}: " + " < ".join(f"{_name(r)} {r['bpp']:.4f}" for r in at))
+  stability = ranking_stability(rows, [s for s in args.eval_steps
+                                       if any(r["step"] == s for r in rows)])
+  if stability:
+    lines += ["", f"Order vs the last evaluated step (Kendall's tau; {len(stability['entries'])}"
+              " entries evaluated at every step):", ""]
+    lines += [f"- step {e['step']}: tau {e['tau']:+.2f}"
+              + (f"; flipped: {', '.join(e['flipped'])}" if e["flipped"] else "")
+              for e in stability["per_step"]]
+    lines += ["", f"The order is the last step's from step {stability['settled_at']} on."]
+    lines += ["", "Adjacent pairs at the last step, photos won by the better one:", ""]
+    lines += [f"- {w}" for w in photo_wins(rows, max(e["step"] for e in stability["per_step"]))]
   return "\n".join(lines) + "\n"
 
 
