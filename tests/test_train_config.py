@@ -1,6 +1,6 @@
 """Tests of m2t_jax.train that run in-process: config checks, the learning-rate
-schedule, skipped non-finite steps (typed PRNG keys), flags, and warm starts (the training runs
-themselves are in test_train.py)."""
+schedule, skipped non-finite steps (typed PRNG keys), flags, and warm starts
+(the training runs themselves are in test_train.py)."""
 
 import flax.jax_utils
 import jax
