@@ -40,6 +40,7 @@ import time
 
 import jax
 import numpy as np
+from scipy.stats import kendalltau
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_decode  # noqa: E402
@@ -194,7 +195,6 @@ def ranking_stability(rows, steps) -> dict:
   step has the last step's order (the last step itself when the order changed
   there). An empty dict when fewer than two steps or two entries exist.
   """
-  from scipy.stats import kendalltau
   bpp = {}
   for r in rows:
     bpp.setdefault(_name(r), {})[r["step"]] = r["bpp"]
@@ -222,10 +222,10 @@ def photo_wins(rows, step) -> list[str]:
   """For each pair adjacent in the order at ``step``: on how many validation photos
   the better-ranked entry codes fewer bytes, e.g. "m2t:S=12 < mt S=12: 5/6 photos"."""
   at = sorted((r for r in rows if r["step"] == step), key=lambda r: r["bpp"])
-  wins = [sum(x < y for x, y in zip(a["bpp_per_photo"], b["bpp_per_photo"], strict=True))
+  def wins(a, b):
+    return sum(x < y for x, y in zip(a["bpp_per_photo"], b["bpp_per_photo"], strict=True))
+  return [f"{_name(a)} < {_name(b)}: {wins(a, b)}/{len(a['bpp_per_photo'])} photos"
           for a, b in zip(at, at[1:], strict=False)]
-  return [f"{_name(a)} < {_name(b)}: {w}/{len(a['bpp_per_photo'])} photos"
-          for a, b, w in zip(at, at[1:], wins, strict=False)]
 
 
 def markdown(rows, photos, args) -> str:
