@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,11 +86,24 @@ def train_model(spec, args, workdir) -> None:
          *(f"--config.{k}={v}" for k, v in overrides.items())]
   print("+", " ".join(cmd), file=sys.stderr, flush=True)
   t0 = time.time()
-  subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(
+  proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
-  with open(os.path.join(workdir, "train_time.json"), "a") as f:
+  # A SIGTERM to the benchmark reaches its trainer, which saves and exits;
+  # without this the trainer would run on, orphaned, after the benchmark died.
+  previous = signal.signal(signal.SIGTERM,
+                           lambda *_: proc.send_signal(signal.SIGTERM))
+  try:
+    returncode = proc.wait()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  if returncode != 0:
+    raise SystemExit(f"Training {spec!r} failed (exit status {returncode}).")
+  with open(os.path.join(workdir, "train_time.json"), "a") as f:  # one line per run
     f.write(json.dumps({"seconds": time.time() - t0, "device": jax.devices()[0].device_kind})
             + "\n")
+  if train.latest_step(workdir) != args.steps:  # preempted: saved, not done
+    raise SystemExit(f"Training {spec!r} stopped at step {train.latest_step(workdir)}"
+                     f" of {args.steps}; the same command resumes it.")
 
 
 def saved_steps(workdir) -> list[int]:

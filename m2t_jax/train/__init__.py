@@ -52,8 +52,9 @@ processes on one machine, one CPU device each, through --coordinator_address,
 including a SIGTERM to both (tests/test_train.py).
 
 Checkpoints (orbax, ``workdir/checkpoints``): every ``checkpoint_every`` steps,
-at the end, and on SIGTERM (then the run exits cleanly; on several hosts via
-JAX's preemption sync point); the last ``keep_checkpoints`` are kept. Each holds
+at the end, and on SIGTERM (then the run exits cleanly, within about two steps:
+the loop keeps one step in flight, not JAX's whole dispatch queue; on several
+hosts via JAX's preemption sync point); the last ``keep_checkpoints`` are kept. Each holds
 the params, the optimizer state, the step, the skip counter and every host's
 data iterator state. A run started on a workdir with checkpoints resumes from
 the latest one; the result is bitwise the same as an uninterrupted run on the
