@@ -30,7 +30,8 @@ Weights (--weights): random by default; the transformer and synthesis times do
 not depend on them. The coding time does: a random model is miscalibrated, codes
 more bits and needs more wide tables (``wide_fraction``: the share of elements
 coded with +-R tables instead of narrow ones). ``--weights shipped`` loads the
-shipped model of each kind (its size must be --config's) with S set to --steps.
+shipped model of each kind ('all': the kinds that ship; its size must be
+--config's) with S set to --steps.
 
 Size schedules (--size-schedule, kinds with nested sizes such as 'nested'): each
 named schedule ('full', 'fast', 'smallest', or exits '2,2,1,0') is timed as its
@@ -49,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax import Codec, get_config
+from m2t_jax import Codec, get_config, models
 from m2t_jax.coding import tables as coding_tables
 from m2t_jax.coding.steps import CodingLoop
 from m2t_jax.entropy import gmm, patches, registry
@@ -282,7 +283,14 @@ def main(argv=None):
                       help="also measure a decode-only process's peak memory")
   args = parser.parse_args(argv)
   width, height = (int(v) for v in args.image_size.lower().split("x"))
-  kinds = list(registry.names()) if "all" in args.model else args.model
+  if args.weights == "shipped":  # 'all' = the kinds that ship (no shipped nested model)
+    kinds = models.kinds() if "all" in args.model else args.model
+    unshipped = [kind for kind in kinds if kind not in models.kinds()]
+    if unshipped:  # before any timing, not after the first kinds have run
+      raise SystemExit(f"no shipped model of kind {', '.join(unshipped)}; the shipped "
+                       f"kinds are {', '.join(models.kinds())}")
+  else:
+    kinds = list(registry.names()) if "all" in args.model else args.model
   for kind in kinds:
     registry.get(kind)  # ValueError naming the known kinds
   records = []
