@@ -113,8 +113,12 @@ class Codec:
   # --- construction -----------------------------------------------------------
   @classmethod
   def from_config(cls, config, seed: int = 0) -> "Codec":
-    """A randomly initialised model (tests, benchmarks)."""
-    return cls(config, model_lib.init_params(config, seed, image_size=DOWNSCALE))
+    """A randomly initialised model (tests, benchmarks). seed: an int in the
+    int64 range (jax.random.key's); ValueError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not (
+        -(2**63) <= int(seed) < 2**63):
+      raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}.")
+    return cls(config, model_lib.init_params(config, int(seed), image_size=DOWNSCALE))
 
   @classmethod
   def load(cls, path: str | None = None,
@@ -193,9 +197,16 @@ class Codec:
       decode step: None (the model's default), 'full', 'fast', 'smallest' or a
       sequence / 'e,e,...' of exit indices whose exits never increase. The
       stream records it and ``decompress`` runs it. Other kinds take only None.
-      ValueError for a schedule the model cannot run.
+      ValueError for a schedule the model cannot run, or an image of more than
+      ``max_pixels`` pixels (checked before any work).
     """
     image = check_image(image)
+    height, width = image.shape[:2]
+    if height * width > self.max_pixels:  # a stream the same limit would refuse to decode
+      raise ValueError(f"The image is {width} x {height} ({height * width} pixels), more "
+                       f"than codec.max_pixels ({self.max_pixels}): its stream would be "
+                       "refused by a decoder with the same limit. Raise codec.max_pixels "
+                       "(m2t compress --max-pixels) to code it anyway.")
     self.entropy_model.resolve_size_schedule(size_schedule)  # before the analysis
     return self.compress_latent(self.analyze(image, refine), *image.shape[:2], size_schedule)
 

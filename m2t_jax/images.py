@@ -192,8 +192,11 @@ def read_rgb(path: str) -> tuple[np.ndarray, list[str]]:
         rgb, notes = _pil_to_rgb(ImageOps.exif_transpose(opened), path)
   except (FileNotFoundError, ImageFileError):
     raise
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    # Pillow's ways of saying "not an image" or "broken image".
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, NotImplementedError,
+          Image.DecompressionBombError) as e:
+    # Pillow's ways of saying "not an image", "broken image" (NotImplementedError:
+    # e.g. BLPFormatError) or "claims too many pixels" (a header of a few bytes can
+    # claim 20000 x 10000: refused before anything is allocated).
     raise ImageFileError(f"cannot read {path!r} as an image: {e}") from e
   if orientation in range(2, 9):  # 1: upright; other values are not orientations
     notes.insert(0, f"EXIF orientation {orientation} applied (rotated/flipped upright)")

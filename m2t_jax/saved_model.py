@@ -9,6 +9,7 @@ with '/' (e.g. ``entropy_model/transformer/layer_0/attention/query/kernel``).
 
 import json
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,8 @@ def load_params(path: str):
   """Inverse of ``save_params``: (ConfigDict, params as float32 jax arrays).
 
   Raises FileNotFoundError when ``path`` is not such a folder, ValueError when
-  its parameters do not match its config.
+  config.json is not a model config, params.npz cannot be read, or its
+  parameters do not match the config (names or shapes).
   """
   from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports flax modules
   if not is_saved_model(path):
@@ -70,16 +72,35 @@ def load_params(path: str):
   config_path = os.path.join(path, "config.json")
   params_path = os.path.join(path, "params.npz")
   with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    raw = json.load(f)  # json.JSONDecodeError is a ValueError
+  if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
+    raise ValueError(f"{config_path!r} is not a model config (a JSON object with a "
+                     "'model' kind and the fields of its config file).")
+  config = ml_collections.ConfigDict(raw)
   params: dict = {}
-  with np.load(params_path) as flat:
-    for key in flat.files:
-      node = params
-      *parents, leaf = key.split("/")
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(flat[key], jnp.float32)
-  expected = jax.eval_shape(lambda: model_lib.init_params(config, 0, image_size=16))
+  try:
+    with np.load(params_path) as flat:
+      for key in flat.files:
+        node = params
+        *parents, leaf = key.split("/")
+        for p in parents:
+          node = node.setdefault(p, {})
+        node[leaf] = jnp.asarray(flat[key], jnp.float32)
+  except (OSError, ValueError, zipfile.BadZipFile, TypeError) as e:
+    raise ValueError(f"Cannot read the parameters {params_path!r}: {e}") from e
+  try:  # shapes only: nothing is computed
+    expected = jax.eval_shape(lambda: model_lib.init_params(config, 0, image_size=16))
+  except Exception as e:  # noqa: BLE001 - a wrong field type fails anywhere in the model
+    raise ValueError(f"{config_path!r} does not describe a model this version "
+                     f"builds: {type(e).__name__}: {e}") from e
   if jax.tree.structure(expected) != jax.tree.structure(params):
     raise ValueError(f"The parameters in {path!r} do not match its config.json.")
+  wrong = [f"{'/'.join(str(k.key) for k in where)}: {got.shape} (config: {want.shape})"
+           for (where, want), got in zip(jax.tree_util.tree_flatten_with_path(expected)[0],
+                                         jax.tree.leaves(params), strict=True)
+           if want.shape != got.shape]
+  if wrong:
+    more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    raise ValueError(f"The parameters in {path!r} do not match its config.json: "
+                     + "; ".join(wrong[:3]) + more)
   return config, params

@@ -1,5 +1,6 @@
 """The m2t command: compress / decompress / info, colour modes, one-line errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,97 @@ def test_compress_size_schedule_flag_and_info(tmp_path, capsys):
                      *args]) == 1
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "b.m2t")
+
+
+def _one_error_line(capsys):
+  lines = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith("m2t: error:")]
+  assert len(lines) == 1, lines
+  return lines[0]
+
+
+def _break_params(folder):  # one array one element longer than the config says
+  with np.load(folder / "params.npz") as flat:
+    arrays = dict(flat)
+  key = next(k for k in sorted(arrays) if k.endswith("bias"))
+  arrays[key] = np.concatenate([arrays[key], arrays[key][:1]])
+  np.savez(folder / "params.npz", **arrays)
+  return key
+
+
+def _edit_config(folder, edit):
+  path = folder / "config.json"
+  path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (_break_params, "do not match its config.json"),
+    (lambda f: _edit_config(f, lambda c: [1, 2]), "is not a model config"),
+    (lambda f: _edit_config(f, lambda c: {k: v for k, v in c.items() if k != "model"}),
+     "is not a model config"),
+    (lambda f: _edit_config(f, lambda c: {**c, "latent_channels": "8"}),
+     "does not describe a model"),
+    (lambda f: (f / "params.npz").write_bytes(b"PK\x03\x04 not a zip"),
+     "Cannot read the parameters"),
+])
+def test_a_broken_model_folder_is_a_one_line_error(tmp_path, capsys, breakage, message):
+  folder = tmp_path / "model"
+  Codec.from_config(get_config("m2t", "tiny")).save(str(folder))
+  breakage(folder)
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "in.png")
+  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "o.m2t"),
+                   "--checkpoint", str(folder), "--refine-steps", "0"]) == 1
+  assert message in _one_error_line(capsys)
+  assert not (tmp_path / "o.m2t").exists()
+
+
+@pytest.mark.parametrize("source, message", [
+    ("x = 1\n", "defines no get_config"),
+    ("def get_config(variant):\n  return None\n", "returned NoneType"),
+    ("def get_config(variant):\n return 1\n  oops\n", "IndentationError"),
+    ("def get_config(variant):\n  return {}['missing']\n", "KeyError"),
+])
+def test_a_broken_config_file_is_a_one_line_error(tmp_path, capsys, source, message):
+  path = tmp_path / "my_config.py"
+  path.write_text(source)
+  assert cli.main(["summary", str(path)]) == 1
+  line = _one_error_line(capsys)
+  assert message in line and "my_config.py" in line
+
+
+def test_a_seed_outside_int64_is_a_one_line_error(tmp_path, capsys):
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "in.png")
+  assert cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / "o.m2t"),
+                   "--config", "m2t:tiny", "--seed", str(2**63), "--refine-steps", "0"]) == 1
+  assert "seed must be an integer" in _one_error_line(capsys)
+
+
+def test_compress_refuses_images_above_max_pixels(tmp_path, capsys):
+  Image.fromarray(skdata.coffee()[:40, :30]).save(tmp_path / "in.png")
+  out = tmp_path / "a.m2t"
+  args = ["compress", str(tmp_path / "in.png"), str(out), "--config", "m2t:tiny",
+          "--refine-steps", "0"]
+  assert cli.main([*args, "--max-pixels", "1199"]) == 1
+  line = _one_error_line(capsys)
+  assert "30 x 40 (1200 pixels)" in line and "--max-pixels" in line
+  assert not out.exists()
+  assert cli.main([*args, "--max-pixels", "1200"]) == 0 and out.exists()
+
+
+def test_eval_refuses_a_folder_as_output_before_any_work(tmp_path, capsys):
+  (tmp_path / "images").mkdir()
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+  (tmp_path / "results").mkdir()
+  assert cli.main(["eval", "--images", str(tmp_path / "images"), "--config", "m2t:tiny",
+                   "--output", str(tmp_path / "results"), "--refine-steps", "0"]) == 1
+  assert "is a folder" in _one_error_line(capsys)
+  assert list((tmp_path / "results").iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_pixels_must_be_positive(tmp_path, capsys, value):
+  with pytest.raises(SystemExit) as e:  # argparse: a usage error, status 2
+    cli.main(["decompress", str(tmp_path / "a.m2t"), str(tmp_path / "o.png"),
+              "--max-pixels", value])
+  assert e.value.code == 2
+  assert "must be a positive integer" in capsys.readouterr().err

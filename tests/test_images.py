@@ -342,3 +342,31 @@ def test_training_eval_and_cli_read_the_same_pixels(tmp_path):
     assert (header.height, header.width) == reference[i].shape[:2]
     # The codec is deterministic: equal bytes mean the CLI coded these pixels.
     assert stream == codec.compress(reference[i])
+
+
+def _png_claiming(width, height):
+  """A 57-byte PNG whose header claims width x height 8-bit RGB pixels (no data)."""
+  def chunk(kind, body):
+    return (len(body).to_bytes(4, "big") + kind + body
+            + zlib.crc32(kind + body).to_bytes(4, "big"))
+  ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+  # 20000 x 10000 is past Pillow's decompression-bomb error limit (2 x 89.5 M
+  # pixels): Pillow raises DecompressionBombError, which is not an OSError.
+  path = tmp_path / "bomb.png"
+  path.write_bytes(_png_claiming(20000, 10000))
+  with pytest.raises(images.ImageFileError, match="bomb.png"):
+    images.read_rgb(str(path))
+
+
+def test_a_corrupt_bmp_header_is_an_image_file_error(tmp_path):
+  path = tmp_path / "corrupt.bmp"
+  Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(path)
+  raw = bytearray(path.read_bytes())
+  raw[25] = 0x40  # the top byte of the height: a 1 G-row claim
+  path.write_bytes(bytes(raw))
+  with pytest.raises(images.ImageFileError, match="corrupt.bmp"):
+    images.read_rgb(str(path))

@@ -1,7 +1,7 @@
 """The ``m2t`` command.
 
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--size-schedule S]
-               [--refine-steps N] [--refine-lr LR] [--refine-lmbda L]
+               [--max-pixels N] [--refine-steps N] [--refine-lr LR] [--refine-lmbda L]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
   m2t info FILE
   m2t demo [--output DIR]
@@ -20,7 +20,9 @@ if the run finished, else its latest checkpoint; it prints which.
 ``--config m2t:tiny`` gives a randomly initialised model instead, for trying the
 pipeline. ``decompress`` refuses a stream whose header claims more than
 ``--max-pixels`` pixels (default 89,478,485, Pillow's decompression-bomb limit)
-before allocating anything; raise it for large images you trust.
+before allocating anything; raise it for large images you trust. ``compress``
+refuses images above the same ``--max-pixels`` (their stream would be refused by a
+decoder with the default limit).
 ``compress --size-schedule`` picks the decode-time model sizes of a nested model
 (kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0');
 the stream records it and ``m2t info`` shows it. Other kinds refuse it.
@@ -59,10 +61,12 @@ def _codec(args):
 def _compress(args):
   from m2t_jax import images
   refine = _refine(args)  # impossible settings fail before any work
+  codec = _codec(args)
+  codec.max_pixels = args.max_pixels
   image, notes = images.read_rgb(args.input)
   for note in notes:
     print(f"m2t: note: {note}", file=sys.stderr)
-  data = _codec(args).compress(image, size_schedule=args.size_schedule, refine=refine)
+  data = codec.compress(image, size_schedule=args.size_schedule, refine=refine)
   with open(args.output, "wb") as f:
     f.write(data)
   h, w = image.shape[:2]
@@ -141,6 +145,10 @@ def _eval(args):
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
   refine = _refine(args)  # impossible settings fail before hours of evaluation
+  for path in (args.output, rd.per_image_path(args.output)):  # ... and so does this
+    if os.path.isdir(path):
+      raise ValueError(f"--output {args.output!r}: {path!r} is a folder; give a file "
+                       "name such as results.json")
   if args.config:
     config = configs.load_config(args.config)
     codecs = [(f"{args.config} (seed {args.seed})",
@@ -170,6 +178,13 @@ def _eval(args):
   if failed:
     print(f"m2t: warning: {len(failed)} of {len(per_image['images'])} image evaluations "
           f"failed (listed in {rd.per_image_path(args.output)})", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+  value = int(text)  # argparse turns a ValueError here into a usage error
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+  return value
 
 
 def _refine_arguments(p):
@@ -206,11 +221,12 @@ def _parser():
                           "('full', 'fast', 'smallest') or indices '2,2,1,0' "
                           "(default: the model's)")
       _refine_arguments(p)
-    if name == "decompress":
-      from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
-      p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                     help="refuse streams claiming more pixels than this (default "
-                          f"{DEFAULT_MAX_PIXELS}, Pillow's decompression-bomb limit)")
+    from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
+    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=("refuse streams claiming more pixels than this" if name == "decompress"
+                         else "refuse images of more pixels than this (a decoder with "
+                              "the default limit would refuse their stream)")
+                   + f" (default {DEFAULT_MAX_PIXELS}, Pillow's decompression-bomb limit)")
     p.set_defaults(func=func)
   p = sub.add_parser("demo", help="shipped models on sample photos, beside JPEG and WebP")
   p.add_argument("--output", default="m2t_demo", help="output folder")

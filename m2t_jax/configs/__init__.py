@@ -6,6 +6,8 @@
 
 import importlib.util
 
+import ml_collections
+
 
 def get_config(model: str = "m2t", size: str = "paper"):
   """The config of kind ``model`` (see ``entropy/registry.py``) at ``size``.
@@ -31,8 +33,19 @@ def load_config(spec: str, size: str | None = None):
     module = importlib.util.module_from_spec(module_spec)
     try:
       module_spec.loader.exec_module(module)
-    except FileNotFoundError as e:
-      raise ValueError(f"Cannot load config file {path!r}: {e}") from e
-    return module.get_config(variant or size or "paper")
+    except Exception as e:  # noqa: BLE001 - any failure of the file is "unreadable"
+      raise ValueError(f"Cannot load config file {path!r}: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, "get_config", None)):
+      raise ValueError(f"Config file {path!r} defines no get_config(variant).")
+    try:
+      config = module.get_config(variant or size or "paper")
+    except ValueError:
+      raise
+    except Exception as e:  # noqa: BLE001 - the file's own code failed
+      raise ValueError(f"get_config of {path!r} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise ValueError(f"get_config of {path!r} returned {type(config).__name__}, "
+                       "not an ml_collections.ConfigDict.")
+    return config
   kind, _, variant = spec.partition(":")
   return get_config(kind, variant or size or "paper")
