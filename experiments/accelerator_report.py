@@ -39,7 +39,7 @@ configs, small images, one shared compilation cache (two_process then checks the
 script, not independent compilations), float32 training only and limits of 400 s
 per section, for a CPU check;
 ``--kinds`` restricts the kinds of every section (``tests/test_accelerator_report.py``
-runs ``--quick --kinds m2t nested``: every section, about 2 minutes on 2 CPU cores).
+runs ``--quick --kinds nested``: every section, about 2 minutes on 2 CPU cores).
 The codec's GPU settings are those of ``m2t_jax/coding/determinism.py``.
 """
 

@@ -213,5 +213,6 @@ def test_describe():
                "gpu, JAX 0.4.38", "deadbeef"]:
     assert part in text
   text = bs.describe(_HEADER, payload_bytes=1000)
-  assert "1053 bytes" in text
-  assert f"{8 * 1053 / (512 * 768):.4f} bpp" in text
+  assert "1053 (1000 payload + 53 header/CRC)" in text
+  assert f"{8 * 1053 / (512 * 768):.4f} bits per pixel (per latent cell" in text
+  assert "pixels, or latent cells" in text

@@ -365,7 +365,10 @@ def describe(header: Header, payload_bytes: int | None = None,
       f"m2t_jax stream, format version {version}",
       f"  model:       {header.model_kind}",
       f"  fingerprint: {header.fingerprint.hex()}",
-      f"  image:       {header.width} x {header.height} pixels (width x height)",
+      # The header alone cannot tell an image stream from a latent one (only the
+      # model's fingerprint, which info does not load, does), so both are named.
+      f"  size:        {header.width} x {header.height} (width x height; pixels, "
+      "or latent cells for a stream of EntropyCoder.compress)",
       f"  schedule:    {header.order}, {header.num_steps} steps, "
       f"alpha {header.alpha:g}",
       *([f"  size schedule: exits {','.join(map(str, header.size_schedule))} "
@@ -377,6 +380,7 @@ def describe(header: Header, payload_bytes: int | None = None,
     overhead = _V3_HEADER_BYTES if version == 3 else HEADER_BYTES
     total = overhead + len(header.size_schedule) + payload_bytes
     bpp = 8 * total / (header.height * header.width)
-    lines.append(f"  size:        {total} bytes ({payload_bytes} payload + "
-                 f"{total - payload_bytes} header/CRC), {bpp:.4f} bpp")
+    lines.append(f"  bytes:       {total} ({payload_bytes} payload + "
+                 f"{total - payload_bytes} header/CRC), {bpp:.4f} bits per pixel "
+                 "(per latent cell for a latent stream)")
   return "\n".join(lines)
