@@ -6,7 +6,6 @@ recompiling (the suite must run in minutes on 2 CPU cores). It lives in the pyte
 cache folder and is passed to subprocesses through the environment.
 """
 
-import gc
 import importlib.util
 import os
 
@@ -17,23 +16,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-  """Frees each test file's compiled executables when the file is done. JAX keeps
-  every executable a process compiled, so a worker grew to 8-9 GB by the end of
-  the suite (two of them on a 24 GB VM, beside the subprocesses of some tests),
-  and one aborted there once, writing to the compilation cache (2026-12-06).
-  A later file that needs the same program loads it from the persistent cache."""
-  yield
-  jax.clear_caches()
-  gc.collect()
 
 
 _EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

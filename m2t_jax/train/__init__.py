@@ -9,7 +9,8 @@ The package, one concern a module:
 
 * ``config_check``: ``validate_training_config``, every impossible setting at once.
 * ``optim``: ``learning_rate_at_step``, ``make_optimizer``.
-* ``state``: ``TrainState``, ``create_train_state``, ``warm_start_params``.
+* ``state``: ``TrainState``, ``create_train_state``, ``train_state_shapes``,
+  ``warm_start_params``.
 * ``step``: ``make_train_step`` (pmap, axis ``AXIS``), ``make_eval_step``, ``evaluate``.
 * ``checkpoints``: ``checkpoint_manager``, ``load_checkpoint``, ``latest_step``,
   ``checkpoint_model`` (a checkpoint for the codec), SIGTERM handling.
@@ -97,7 +98,8 @@ from m2t_jax.train.checkpoints import (checkpoint_manager, checkpoint_model, lat
 from m2t_jax.train.config_check import validate_training_config
 from m2t_jax.train.loop import export_model, maybe_initialize_distributed, train_and_evaluate
 from m2t_jax.train.optim import learning_rate_at_step, make_optimizer
-from m2t_jax.train.state import TrainState, create_train_state, warm_start_params
+from m2t_jax.train.state import (TrainState, create_train_state, train_state_shapes,
+                                  warm_start_params)
 from m2t_jax.train.step import AXIS, evaluate, make_eval_step, make_train_step
 
 __all__ = [
@@ -106,6 +108,7 @@ __all__ = [
     "checkpoint_manager",
     "checkpoint_model",
     "create_train_state",
+    "train_state_shapes",
     "evaluate",
     "export_model",
     "latest_step",

@@ -23,15 +23,27 @@ class TrainState:
   num_skipped: Any  # () int32: updates skipped for a non-finite loss/gradient
 
 
+def _initial_state(params, optimizer) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), num_skipped=jnp.zeros((), jnp.int32))
+
+
 def create_train_state(config, optimizer: optax.GradientTransformation | None = None
                        ) -> TrainState:
   """Freshly initialised state (numpy, on the host), params from config.seed."""
   optimizer = optimizer or make_optimizer(config)
   params = jax.jit(lambda: model_lib.init_params(config, seed=config.seed))()
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=optimizer.init(params),
-                     num_skipped=jnp.zeros((), jnp.int32))
-  return jax.device_get(state)
+  return jax.device_get(_initial_state(params, optimizer))
+
+
+def train_state_shapes(config, optimizer: optax.GradientTransformation | None = None
+                       ) -> TrainState:
+  """``create_train_state``'s shapes and dtypes (``jax.ShapeDtypeStruct`` leaves),
+  found without initialising or compiling anything: enough to trace a train step
+  (``jax.make_jaxpr``), where initialising costs a compilation of the whole model."""
+  optimizer = optimizer or make_optimizer(config)
+  return jax.eval_shape(lambda: _initial_state(
+      model_lib.init_params(config, seed=config.seed), optimizer))
 
 
 def warm_start_params(params, source: str, skip: tuple[str, ...] = ()):
