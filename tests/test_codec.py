@@ -53,8 +53,8 @@ def _assert_exact_round_trip(codec, image, full=False):
 @pytest.mark.parametrize("kind", ["m2t", "mt"])
 # Whole photos with the small config; the tiny config on one (its many crop
 # sizes are below): the tiny astronaut cost ~90 s of suite time for no new path,
-# and the small astronaut (512 x 512, a multiple of 16 like the 768 x 512 crop of
-# test_round_trip_sizes_small) another ~90 s for none either.
+# and the small astronaut another ~90 s: the small config codes two whole photos
+# here and three odd sizes below.
 @pytest.mark.parametrize("size,photo", [("small", "chelsea"), ("small", "coffee"),
                                         ("tiny", "coffee")])
 def test_round_trip_photos(codecs, kind, size, photo):
