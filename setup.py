@@ -17,6 +17,7 @@ setup(
         "scipy>=1.11", "bjontegaard>=1.3", "matplotlib>=3.7", "scikit-image>=0.22",
         "tqdm>=4",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.5"]},
+    # filelock: JAX locks its compilation cache with it (tests/conftest.py).
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.5", "filelock>=3.12"]},
     entry_points={"console_scripts": ["m2t=m2t_jax.app.cli:main"]},
 )

@@ -33,6 +33,7 @@ refused (``StreamTooLargeError``) before anything is allocated.
 """
 
 import dataclasses
+import functools
 import time
 
 import jax.numpy as jnp
@@ -54,6 +55,22 @@ __all__ = ["BitstreamError", "Codec", "DecodeMismatchError", "ImageError",
            "RefineSettings", "StreamTooLargeError"]
 
 RefineSettings = refine_lib.RefineSettings
+
+
+@functools.lru_cache(maxsize=16)
+def _autoencoder_fns(config: ml_collections.FrozenConfigDict):
+  """(analysis, synthesize), jitted once per config and process, so that every
+  Codec of a config shares their compilations (a new jit per Codec would
+  reload each executable from the persistent cache, or compile it again):
+  analysis(params, x) = y, E of a padded float32 (1, H, W, 3) image (0..255),
+  unrounded (refinement starts from it); synthesize(params, y_hat) = D's image,
+  rounded and clipped to uint8 (1, H, W, 3)."""
+  model = model_lib.build_model(config)
+  analysis = determinism.jit(lambda p, x: model.apply(
+      {"params": p}, x, method=model_lib.CompressionModel.encode))
+  synthesize = determinism.jit(lambda p, y: jnp.clip(jnp.round(model.apply(
+      {"params": p}, y, method=model_lib.CompressionModel.decode)), 0, 255).astype(jnp.uint8))
+  return analysis, synthesize
 
 
 class ImageError(ValueError):
@@ -104,11 +121,7 @@ class Codec:
     # carry the whole model's, so neither kind of stream decodes as the other.
     self.entropy_coder = EntropyCoder(self.config, params["entropy_model"])
     self.entropy_model = self.entropy_coder.model
-    # y = E(x) of a padded image, unrounded (refinement starts from it).
-    self._analysis = determinism.jit(lambda p, x: self.model.apply(
-        {"params": p}, x, method=model_lib.CompressionModel.encode))
-    self._synthesize = determinism.jit(lambda p, y: jnp.clip(jnp.round(self.model.apply(
-        {"params": p}, y, method=model_lib.CompressionModel.decode)), 0, 255).astype(jnp.uint8))
+    self._analysis, self._synthesize = _autoencoder_fns(self.config)
 
   # --- construction -----------------------------------------------------------
   @classmethod
@@ -118,7 +131,7 @@ class Codec:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not (
         -(2**63) <= int(seed) < 2**63):
       raise ValueError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}.")
-    return cls(config, model_lib.init_params(config, int(seed), image_size=DOWNSCALE))
+    return cls(config, model_lib.init_params(config, int(seed)))
 
   @classmethod
   def load(cls, path: str | None = None,

@@ -33,6 +33,7 @@ hence ``MAX_PIXELS``).
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -108,10 +109,13 @@ def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float,
   return losses
 
 
+@functools.lru_cache(maxsize=32)
 def make_step(model, height: int, width: int, lmbda: float, rate_target: str):
   """(optimizer, step, loss): jitted step(params, image, y, opt_state, step_size)
   -> (y', opt_state', loss of y) and loss(params, image, y) -> loss of y. The
-  step size is an argument, so one compilation serves every number of steps."""
+  step size is an argument, so one compilation serves every number of steps.
+  Kept per (model, size, lambda, target) in the process (models hash by their
+  config), so that every Codec of a model shares the compilations."""
   optimizer = optax.scale_by_adam()
 
   def step(params, image, y, opt_state, step_size):

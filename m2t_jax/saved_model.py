@@ -89,7 +89,7 @@ def load_params(path: str):
   except (OSError, ValueError, zipfile.BadZipFile, TypeError) as e:
     raise ValueError(f"Cannot read the parameters {params_path!r}: {e}") from e
   try:  # shapes only: nothing is computed
-    expected = jax.eval_shape(lambda: model_lib.init_params(config, 0, image_size=16))
+    expected = jax.eval_shape(lambda: model_lib.init_params(config, 0))
   except Exception as e:  # noqa: BLE001 - a wrong field type fails anywhere in the model
     raise ValueError(f"{config_path!r} does not describe a model this version "
                      f"builds: {type(e).__name__}: {e}") from e

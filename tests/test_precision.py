@@ -20,7 +20,6 @@ def _config(kind, dtype):
   config.compute_dtype = dtype
   config.batch_size = 2
   config.crop_size = 64
-  config.elic.num_res_blocks = 1  # small: fast compilation on 2 cores
   config.warmup_steps = 0
   config.learning_rate = 1e-3
   config.lmbda_warmup_factor = 1.0

@@ -98,9 +98,8 @@ def test_importing_the_package_defines_no_flags():
 
 
 def test_nonfinite_step_is_skipped_and_counted():
-  # A smaller model than tiny (one residual block, one layer) to compile fast.
+  # A smaller model than tiny (one layer) to compile fast.
   config = _tiny(batch_size=1)
-  config.elic.num_res_blocks = 1
   config.transformer.num_layers = 1
   state = train.create_train_state(config)
   step = jax.pmap(train.make_train_step(config), axis_name=train.AXIS,

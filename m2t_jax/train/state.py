@@ -32,7 +32,9 @@ def create_train_state(config, optimizer: optax.GradientTransformation | None = 
                        ) -> TrainState:
   """Freshly initialised state (numpy, on the host), params from config.seed."""
   optimizer = optimizer or make_optimizer(config)
-  params = jax.jit(lambda: model_lib.init_params(config, seed=config.seed))()
+  # Not wrapped in another jit: init_params' own program is the one every
+  # caller shares (the compilation cache keys on the whole program).
+  params = model_lib.init_params(config, seed=config.seed)
   return jax.device_get(_initial_state(params, optimizer))
 
 
