@@ -13,7 +13,11 @@ _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       ".pytest_cache", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Programs that compile in under a second are not cached: compiling them again
+# costs little, and a worker of the suite segfaulted twice (2026-12-06, the
+# same test both times) deserialising one of them, the coding tables
+# (`get_executable_and_time`, from `tables.wide_tables`).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")
 # A size limit turns on JAX's file lock around every cache read and write (it
 # needs the `filelock` package). Without it an entry is written in place, and a
 # second worker (or a subprocess) reading it mid-write deserialises a partial

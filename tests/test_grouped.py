@@ -363,11 +363,16 @@ def test_cached_decode_matches_teacher_forcing(uneven, codec, name):
 
 
 def test_tiny_training_lowers_the_rate(codec):
-  """50 steps of the tiny config on 64x64 crops of real photos: the bpp falls.
-  The codec's random parameters start the run (an initialisation compiled once)."""
+  """50 steps of the tiny config on 64x64 crops of real photos, the loss almost
+  all rate: the bpp falls. The codec's random parameters start the run (an
+  initialisation compiled once)."""
   config = get_config("grouped", "tiny")
   config.crop_size = 64
   config.batch_size = 2
+  # At the tiny config's lambda a random model's MSE (~1e4) rules the loss, and
+  # the rate may rise while it falls (with one residual block per stage it did:
+  # 0.082 -> 0.088 bpp). A lambda 1000x smaller leaves the rate to be learned.
+  config.lmbda = config.lmbda / 1000
   config.lmbda_warmup_factor = 1.0  # constant lambda
   optimizer = make_optimizer(config)
   params = codec.params
@@ -391,4 +396,4 @@ def test_tiny_training_lowers_the_rate(codec):
   assert np.all(np.isfinite(bpp))
   first, last = np.mean(bpp[:10]), np.mean(bpp[-10:])
   print(f"tiny grouped bpp: first 10 steps {first:.3f}, last 10 {last:.3f}")
-  assert last < 0.85 * first, (first, last)  # measured: 0.076 -> 0.059
+  assert last < 0.85 * first, (first, last)  # measured: 0.081 -> 0.056
