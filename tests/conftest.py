@@ -19,10 +19,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 # (`get_executable_and_time`, from `tables.wide_tables`).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")
 # A size limit turns on JAX's file lock around every cache read and write (it
-# needs the `filelock` package). Without it an entry is written in place, and a
-# second worker (or a subprocess) reading it mid-write deserialises a partial
-# executable: the suite saw a segfault in `get_executable_and_time` and an
-# abort in `put_executable_and_time`. 8 GiB is far above what the suite writes.
+# needs the `filelock` package): without it an entry is written in place,
+# where a second worker or a subprocess may read it half-written. 8 GiB is far
+# above what the suite writes.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
 import jax  # noqa: E402
