@@ -241,3 +241,46 @@ def test_impossible_part_settings_are_refused(source, photos):
   with pytest.raises(ValueError, match="entropy model"):
     frozen.check_warm_start(config, ["['entropy_model']['head']['kernel']"])
   frozen.check_warm_start(config, ["['synthesis']['conv_0']['kernel']"])  # trained
+
+
+def test_frozen_scales_add_downscaled_photos():
+  coffee = skimage.data.coffee()  # 400 x 600
+  views = frozen.scaled_images([coffee], (1.0, 0.5, 0.02))
+  # 0.02 would leave 8 x 12 pixels: skipped; the others edge-padded to 16s.
+  assert [v.shape for v in views] == [(400, 608, 3), (208, 304, 3)]
+  np.testing.assert_array_equal(views[0][:, :600], coffee)
+  small = views[1][:200, :300].astype(np.float64)
+  # A 2x downscale keeps each 2x2 block's mean (Lanczos, not a crop or a stride).
+  blocks = coffee.reshape(200, 2, 300, 2, 3).mean(axis=(1, 3))
+  assert abs(small.mean() - coffee.mean()) < 1.0
+  assert np.abs(small - blocks).mean() < 4.0
+  assert np.abs(small - coffee[::2, ::2]).mean() > np.abs(small - blocks).mean()
+
+
+def test_frozen_scales_give_their_own_latents_and_cache(source, photos, tmp_path):
+  workdir = str(tmp_path)
+  for scales in ((1.0, 0.5), (1.0, 0.75)):
+    config = _config("m2t", "entropy", source[0], photos, 5, frozen_scales=scales)
+    batch = next(iter(frozen.latent_dataset(config, source[1], workdir)))
+    assert batch.shape == (4, 4, 4, config.latent_channels)
+  caches = sorted(f for f in os.listdir(workdir) if f.startswith("frozen_latents_"))
+  assert len(caches) == 2  # same count of images, different pixels: two caches
+  with np.load(os.path.join(workdir, caches[0])) as a, \
+       np.load(os.path.join(workdir, caches[1])) as b:
+    shapes = sorted([tuple(a[k].shape[:2]) for k in a.files] +
+                    [tuple(b[k].shape[:2]) for k in b.files])
+  # astronaut 512 x 512, coffee 400 x 600, chelsea 300 x 451; each with its mirror,
+  # as is (in both caches) and at 0.5 / 0.75 (ceil(side * f / 16) cells).
+  expected = []
+  for h, w in ((512, 512), (400, 600), (300, 451)):
+    expected += 4 * [(-(-h // 16), -(-w // 16))]
+    for f in (0.5, 0.75):
+      expected += 2 * [(-(-round(h * f) // 16), -(-round(w * f) // 16))]
+  assert shapes == sorted(expected)
+
+
+@pytest.mark.parametrize("scales", [(), (0.0,), (1.5,), (1.0, 1.0), (True,), ("1",)])
+def test_impossible_frozen_scales_are_refused(source, photos, scales):
+  config = _config("m2t", "entropy", source[0], photos, 5, frozen_scales=scales)
+  with pytest.raises(ValueError, match="frozen_scales"):
+    train.validate_training_config(config)

@@ -152,6 +152,10 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # lies inside the image: zeros beyond a crop's side are borders full-image
   # decoding does not have (train/frozen.py, LatentCrop).
   c.decoder_margin = 4
+  # train_part='entropy' / 'decoder': each training image is also used downscaled
+  # by each factor listed here (1.0 = as is; Lanczos), for more and more varied
+  # latents from few photos (a downscaled photo has more detail per latent cell).
+  c.frozen_scales = (1.0,)
   # Whether a warm start also copies the entropy model. False starts it from its
   # initial values (config.seed) while the autoencoder is still copied: the
   # entropy-model benchmark trains every kind this way, so that a kind that shares

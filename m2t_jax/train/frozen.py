@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from PIL import Image
 
 from m2t_jax import model as model_lib
 from m2t_jax import saved_model
@@ -70,6 +71,11 @@ def config_problems(config) -> list[str]:
   margin = config.get("decoder_margin", 0)
   if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
     return [f"decoder_margin={margin!r} must be an int >= 0 (latent cells)."]
+  scales = tuple(config.get("frozen_scales", (1.0,)))
+  if not scales or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                           and 0 < f <= 1 for f in scales) or len(set(scales)) < len(scales):
+    return [f"frozen_scales={scales!r} must be distinct factors in (0, 1] (1.0: the "
+            "image as is)."]
   return []
 
 
@@ -157,20 +163,43 @@ def compute_latents(config, params, images) -> list[np.ndarray]:
   return out
 
 
-def _digest(params, num_images: int, shard: int) -> str:
-  h = hashlib.sha256(f"{num_images}/{shard}".encode())
+def scaled_images(images, scales) -> list[np.ndarray]:
+  """Each of ``images`` (uint8 (H, W, 3)) downscaled by each factor of ``scales``
+  (Lanczos; 1.0 keeps the image as is), edge-padded to multiples of 16, in the
+  order image 0 at every scale, image 1 at every scale, ...; a factor that would
+  leave a side under 16 pixels skips that image."""
+  out = []
+  for image in images:
+    h, w, _ = image.shape
+    for f in scales:
+      size = (round(w * f), round(h * f))
+      if f == 1:
+        out.append(_pad16(image))
+      elif min(size) >= DOWNSCALE:
+        small = Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)
+        out.append(_pad16(np.asarray(small)))
+  return out
+
+
+def _digest(params, images, shard: int) -> str:
+  """A key of E's parameters and the images' pixels (a different photo set or
+  frozen_scales of the same count must not reuse a cache)."""
+  h = hashlib.sha256(f"{len(images)}/{shard}".encode())
   for leaf in jax.tree.leaves(params["analysis"]):
     h.update(np.asarray(leaf).tobytes())
+  for image in images:
+    h.update(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
   return h.hexdigest()[:16]
 
 
 def cached_latents(config, params, images, workdir: str | None, shard: int
                    ) -> list[np.ndarray]:
   """``compute_latents``, cached in ``workdir`` under a digest of E's parameters
-  and the images' count, so that a resumed run starts without recomputing."""
+  and the images, so that a resumed run starts without recomputing."""
   path = None
   if workdir:
-    path = os.path.join(workdir, f"frozen_latents_{_digest(params, len(images), shard)}.npz")
+    path = os.path.join(workdir, f"frozen_latents_{_digest(params, images, shard)}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
         return [f[f"y{i}"] for i in range(len(f.files))]
@@ -263,8 +292,9 @@ def latent_dataset(config, params, workdir: str | None = None,
   if per_host == 0:
     raise ValueError(f"{len(ds)} training images cannot be shared by "
                      f"{shard.shard_count} hosts: each host needs at least one.")
-  images = [_pad16(ds[i]) for i in range(shard.shard_index, per_host * shard.shard_count,
-                                         shard.shard_count)]
+  images = scaled_images([ds[i] for i in range(shard.shard_index, per_host * shard.shard_count,
+                                              shard.shard_count)],
+                         tuple(config.get("frozen_scales", (1.0,))))
   latents = cached_latents(config, params, images, workdir, shard.shard_index)
   if part(config) == "decoder":
     # latents = image 0, mirror 0, image 1, ...: pair each with its pixels.
