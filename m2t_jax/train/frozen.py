@@ -8,7 +8,8 @@
   model's name; required). The latents of every training image *and of its
   left-right mirror* (E of the mirrored image, so the flip augmentation is exact
   rather than a mirrored latent, which E would not produce) are computed once when
-  the run starts and cached in the workdir; each step draws random crops of
+  the run starts and cached in the workdir (with ``config.frozen_scales``, also
+  of each image downscaled by those factors); each step draws random crops of
   crop_size / 16 latent cells, so no ELIC pass runs per step. The loss is the
   bits per pixel of those crops with y_hat itself as the target (exactly what the
   range coder pays; joint training pays for y + uniform noise instead).
