@@ -16,14 +16,12 @@ _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 # Programs that compile in under a second are not cached: compiling them again
-# costs little, and a worker of the suite segfaulted twice (2026-12-06, the
-# same test both times) deserialising one of them, the coding tables
-# (`get_executable_and_time`, from `tables.wide_tables`).
+# costs little.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")
 # A size limit turns on JAX's file lock around every cache read and write (it
 # needs the `filelock` package): without it an entry is written in place,
-# where a second worker or a subprocess may read it half-written. 8 GiB is far
-# above what the suite writes.
+# where another subprocess may read it half-written. 8 GiB is far above what
+# the suite writes.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
 import jax  # noqa: E402
