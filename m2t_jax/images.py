@@ -29,9 +29,10 @@ the reason; a missing file raises ``FileNotFoundError``.
 """
 
 import os
+import warnings
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # what list_images finds (any case)
 
@@ -168,8 +169,15 @@ def _png16_colour(opened: Image.Image, path: str) -> np.ndarray | None:
   return np.asarray(ImageOps.exif_transpose(opened), np.uint16) << 8 | other
 
 
-def read_rgb(path: str) -> tuple[np.ndarray, list[str]]:
+def read_rgb(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
   """Decodes the image file at ``path`` (any format Pillow reads).
+
+  Args:
+    path: the file.
+    max_pixels: if given, a file whose header claims more pixels (width x
+      height) is refused before its pixels are decoded (a 100 KB PNG can claim
+      10000 x 10000). Pillow's own limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (twice it
+      is refused outright), applies as well.
 
   Returns:
     (C-contiguous uint8 (H, W, 3) RGB, notes): one human-readable note per
@@ -178,10 +186,20 @@ def read_rgb(path: str) -> tuple[np.ndarray, list[str]]:
 
   Raises:
     FileNotFoundError: no file at ``path``.
-    ImageFileError: the file cannot be decoded; the message names the path.
+    ImageFileError: the file cannot be decoded, or claims more than
+      ``max_pixels`` pixels; the message names the path.
   """
   try:
-    with Image.open(path) as opened:
+    with warnings.catch_warnings():
+      if max_pixels is not None:  # our limit is checked below, in place of the warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      opened = Image.open(path)
+    with opened:
+      width, height = opened.size
+      if max_pixels is not None and width * height > max_pixels:
+        raise ImageFileError(
+            f"{path!r} is {width} x {height} ({width * height} pixels), more than "
+            f"the limit of {max_pixels} (m2t compress --max-pixels)")
       wide = _png16_colour(opened, path)
       orientation = opened.getexif().get(ExifTags.Base.Orientation, 1)
       if wide is not None:
@@ -192,12 +210,15 @@ def read_rgb(path: str) -> tuple[np.ndarray, list[str]]:
         rgb, notes = _pil_to_rgb(ImageOps.exif_transpose(opened), path)
   except (FileNotFoundError, ImageFileError):
     raise
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, NotImplementedError,
-          Image.DecompressionBombError) as e:
-    # Pillow's ways of saying "not an image", "broken image" (NotImplementedError:
-    # e.g. BLPFormatError) or "claims too many pixels" (a header of a few bytes can
-    # claim 20000 x 10000: refused before anything is allocated).
-    raise ImageFileError(f"cannot read {path!r} as an image: {e}") from e
+  except Exception as e:  # noqa: BLE001 - see below
+    # Pillow's ways of saying "not an image" (UnidentifiedImageError), "broken
+    # image" (OSError, SyntaxError, ValueError, NotImplementedError; but a
+    # malformed EXIF or TIFF tag also raises struct.error or TypeError, a broken
+    # AVIF RuntimeError) or "claims too many pixels" (DecompressionBombError:
+    # refused before anything is allocated). No list of types is complete, and
+    # the caller's one question is whether the file gave an image.
+    raise ImageFileError(f"cannot read {path!r} as an image: {type(e).__name__}: "
+                         f"{e}") from e
   if orientation in range(2, 9):  # 1: upright; other values are not orientations
     notes.insert(0, f"EXIF orientation {orientation} applied (rotated/flipped upright)")
   return rgb, notes

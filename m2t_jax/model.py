@@ -14,6 +14,7 @@ estimate, the codec's S steps are the real cost).
 """
 
 import functools
+import numbers
 
 import flax.linen as nn
 import jax
@@ -30,12 +31,28 @@ def entropy_model_from_config(config: ml_collections.ConfigDict) -> base.Entropy
   return registry.build(config)
 
 
+def _is_count(value, least: int) -> bool:
+  """An integer (not a bool) >= ``least``."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with a clear message for an impossible config: the fields
   every kind shares here, the kind's own in its ``validate_config``."""
   kind = registry.get(config.model)  # ValueError naming the known kinds
   precision.dtype_of(config.get("compute_dtype", "float32"))  # ValueError if unknown
   t = config.transformer
+  # Sizes before anything divides by them: a zero would surface as a
+  # ZeroDivisionError deep in Flax, a negative as a TypeError or IndexError.
+  sizes = {"elic.num_filters": config.elic.num_filters,
+           "latent_channels": config.latent_channels, "patch_size": config.patch_size,
+           "transformer.num_layers": t.num_layers, "transformer.d_model": t.d_model,
+           "transformer.num_heads": t.num_heads, "transformer.mlp_dim": t.mlp_dim}
+  bad = [f"{name}={value!r}" for name, value in sizes.items() if not _is_count(value, 1)]
+  if not _is_count(config.elic.num_res_blocks, 0):
+    bad.append(f"elic.num_res_blocks={config.elic.num_res_blocks!r} (must be >= 0)")
+  if bad:
+    raise ValueError("Model sizes must be integers >= 1: " + ", ".join(bad) + ".")
   if t.d_model % t.num_heads:
     raise ValueError(f"transformer.d_model={t.d_model} must be divisible by "
                      f"transformer.num_heads={t.num_heads}.")

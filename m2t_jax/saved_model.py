@@ -63,7 +63,7 @@ def load_params(path: str):
 
   Raises FileNotFoundError when ``path`` is not such a folder, ValueError when
   config.json is not a model config, params.npz cannot be read, or its
-  parameters do not match the config (names or shapes).
+  parameters do not match the config (names or shapes) or are not all finite.
   """
   from m2t_jax import model as model_lib  # noqa: PLC0415 - model imports flax modules
   if not is_saved_model(path):
@@ -103,4 +103,13 @@ def load_params(path: str):
     more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
     raise ValueError(f"The parameters in {path!r} do not match its config.json: "
                      + "; ".join(wrong[:3]) + more)
+  # A NaN in D decodes every image to black without any error, one in E to a
+  # latent out of range: refuse such weights here, naming them.
+  broken = ["/".join(str(k.key) for k in where)
+            for where, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+            if not np.isfinite(np.asarray(leaf)).all()]
+  if broken:
+    more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+    raise ValueError(f"The parameters in {path!r} are not all finite (NaN or inf in "
+                     + ", ".join(broken[:3]) + more + "): a broken or diverged model.")
   return config, params

@@ -94,8 +94,12 @@ def test_not_bytes():
     (_craft(alpha=0.0), "alpha"),
     (_craft(alpha=-1.0), "alpha"),
     (_craft(extra=b"\x00"), "payload length mismatch"),
-    (_craft(schedule=b"\x03\x02\x01\x00"), "size_schedule must be"),  # 3 of 12 steps
-    (_craft(schedule=b"\xff" + bytes(12)), "size_schedule must be|truncated|mismatch"),
+    (_craft(schedule=b"\x03\x02\x01\x00"), "size schedule length 3, "),  # 3 of 12 steps
+    (_craft(schedule=b"\xff" + bytes(12)), "size schedule length 255, "),
+    # n disagrees with the exits present, which are num_steps (4) many: the length
+    # byte itself is checked, not only the exits read.
+    (_craft(steps=4, payload=b"", schedule=b"\x0a" + bytes(4)), "size schedule length 10, "),
+    (_craft(steps=4, payload=b"", schedule=b"\xc8" + bytes(4)), "size schedule length 200, "),
     (_craft(schedule=b"", payload=b""), "truncated"),  # 52 bytes: v4 needs 53
     (_craft(payload_len=len(_PAYLOAD) + 1), "payload length mismatch"),
 ])
@@ -216,3 +220,12 @@ def test_describe():
   assert "1053 (1000 payload + 53 header/CRC)" in text
   assert f"{8 * 1053 / (512 * 768):.4f} bits per pixel (per latent cell" in text
   assert "pixels, or latent cells" in text
+
+
+def test_declared_length():
+  data = bs.pack(dataclasses.replace(_HEADER, size_schedule=(1,) * 12), _PAYLOAD)
+  assert bs.declared_length(data[:bs.PREFIX_BYTES]) == len(data) == 53 + 12 + 8
+  assert bs.declared_length(_craft(version=3, schedule=b"")[:bs.PREFIX_BYTES]) == 52 + 8
+  assert bs.declared_length(data[:bs.PREFIX_BYTES - 1]) is None  # too short to tell
+  assert bs.declared_length(_craft_v2()) is None  # a layout it does not parse
+  assert bs.declared_length(b"\x89PNG" + bytes(60)) is None

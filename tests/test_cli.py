@@ -134,6 +134,13 @@ def _break_params(folder):  # one array one element longer than the config says
   return key
 
 
+def _nan_params(folder, prefix):
+  with np.load(folder / "params.npz") as flat:
+    arrays = {k: np.full_like(v, np.nan) if k.startswith(prefix) else v
+              for k, v in flat.items()}
+  np.savez(folder / "params.npz", **arrays)
+
+
 def _edit_config(folder, edit):
   path = folder / "config.json"
   path.write_text(json.dumps(edit(json.loads(path.read_text()))))
@@ -148,6 +155,8 @@ def _edit_config(folder, edit):
      "does not describe a model"),
     (lambda f: (f / "params.npz").write_bytes(b"PK\x03\x04 not a zip"),
      "Cannot read the parameters"),
+    # NaN weights in D would decode every image to black without an error.
+    (lambda f: _nan_params(f, "synthesis/"), "are not all finite (NaN or inf in synthesis/"),
 ])
 def test_a_broken_model_folder_is_a_one_line_error(tmp_path, capsys, breakage, message):
   folder = tmp_path / "model"
@@ -210,3 +219,31 @@ def test_max_pixels_must_be_positive(tmp_path, capsys, value):
               "--max-pixels", value])
   assert e.value.code == 2
   assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_decompress_writes_only_png(tmp_path, capsys):
+  stream = tmp_path / "a.m2t"
+  stream.write_bytes(b"not even read")  # the name is refused before any work
+  for name in ("o.jpg", "o.webp", "o"):
+    assert cli.main(["decompress", str(stream), str(tmp_path / name),
+                     "--config", "m2t:tiny"]) == 1
+    assert "must be a .png file" in _one_error_line(capsys)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.m2t"]
+
+
+def test_stream_files_are_read_no_further_than_their_header_says(tmp_path, capsys):
+  from m2t_jax.coding import bitstream  # noqa: PLC0415
+  codec = Codec.from_config(get_config("m2t", "tiny"))
+  stream = codec.compress(skdata.coffee()[:20, :24])
+  junk = b"\x00" * (1 << 20)
+  (tmp_path / "long.m2t").write_bytes(stream + junk)  # e.g. two files concatenated
+  # One byte past the declared end is enough to see the trailing bytes.
+  assert cli._read_stream(str(tmp_path / "long.m2t")) == stream + b"\x00"
+  assert cli.main(["info", str(tmp_path / "long.m2t")]) == 1
+  assert "extra bytes appended" in _one_error_line(capsys)
+  (tmp_path / "zeros.m2t").write_bytes(junk)  # no stream: the first bytes tell
+  assert len(cli._read_stream(str(tmp_path / "zeros.m2t"))) == bitstream.PREFIX_BYTES
+  assert cli.main(["info", str(tmp_path / "zeros.m2t")]) == 1
+  assert "not an m2t_jax stream" in _one_error_line(capsys)
+  (tmp_path / "ok.m2t").write_bytes(stream)
+  assert cli._read_stream(str(tmp_path / "ok.m2t")) == stream

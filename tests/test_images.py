@@ -3,6 +3,7 @@ scaling, colour modes and their notes, arrays, and broken files. The training
 source (ImageFolderSource) must give the same pixels as read_rgb."""
 
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -369,4 +370,35 @@ def test_a_corrupt_bmp_header_is_an_image_file_error(tmp_path):
   raw[25] = 0x40  # the top byte of the height: a 1 G-row claim
   path.write_bytes(bytes(raw))
   with pytest.raises(images.ImageFileError, match="corrupt.bmp"):
+    images.read_rgb(str(path))
+
+
+def test_max_pixels_is_checked_from_the_header_before_decoding(tmp_path):
+  # 95 M pixels: between Pillow's warning (89.5 M) and error (179 M) limits, so
+  # Pillow alone would decode it (1.2 GB of RAM for a real file of this size).
+  path = tmp_path / "big.png"
+  path.write_bytes(_png_claiming(10000, 9500))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # our limit replaces Pillow's warning
+    with pytest.raises(images.ImageFileError,
+                       match=r"big.png.*10000 x 9500 \(95000000 pixels\), more than"):
+      images.read_rgb(str(path), max_pixels=89_478_485)
+  # Above the limit it is decoded, and only then found to have no pixel data.
+  with pytest.raises(images.ImageFileError, match="cannot read"):
+    images.read_rgb(str(path), max_pixels=95_000_000)
+
+
+def test_a_malformed_exif_tag_is_an_image_file_error(tmp_path):
+  # Pillow's EXIF rewrite in exif_transpose raises struct.error on a SHORT tag
+  # holding text, not an OSError: every error of the decoder must be ours.
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotate: exif_transpose rewrites the EXIF
+  exif[0x010F] = "Cam"  # ASCII (type 2)
+  raw = exif.tobytes()
+  tag = struct.pack(">HH", 0x010F, 2) if raw[6:8] == b"MM" else struct.pack("<HH", 0x010F, 2)
+  bad = struct.pack(">HH", 0x0108, 2) if raw[6:8] == b"MM" else struct.pack("<HH", 0x0108, 2)
+  assert raw.count(tag) == 1
+  path = tmp_path / "odd_exif.jpg"
+  Image.fromarray(_asymmetric()).save(path, exif=raw.replace(tag, bad))
+  with pytest.raises(images.ImageFileError, match="odd_exif.jpg"):
     images.read_rgb(str(path))

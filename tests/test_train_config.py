@@ -55,6 +55,27 @@ def test_impossible_settings_fail_with_clear_messages(change, message):
   assert message in str(e.value)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("transformer.num_heads", 0), ("transformer.d_model", 0), ("transformer.mlp_dim", 0),
+    ("transformer.num_layers", -1), ("latent_channels", 0), ("latent_channels", -2),
+    ("elic.num_filters", 0), ("elic.num_res_blocks", -1), ("patch_size", 0),
+    ("patch_size", -1),
+])
+def test_zero_or_negative_sizes_are_value_errors(field, value):
+  # Before the check these were ZeroDivisionError / TypeError / IndexError from
+  # the divisibility checks or from deep inside Flax.
+  config = _tiny()
+  *parents, leaf = field.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=f"{field}={value}"):
+    model_lib.validate_config(config)
+  with pytest.raises(ValueError, match=f"{field}={value}"):
+    train.validate_training_config(config, num_devices=1, num_processes=1)
+
+
 def test_data_settings_are_checked():
   config = _tiny()
   config.data.train_dir = ""

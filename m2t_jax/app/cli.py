@@ -11,18 +11,20 @@
 
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
-of decompress is written as PNG. ``--checkpoint`` names a folder written by
-``Codec.save``, a shipped model (``m2t_jax/models/manifest.json``) or a model kind
-('m2t': the shipped model of that kind, the default one if it is); without it the
-default shipped model is used. ``m2t eval --checkpoint`` also takes a training
-workdir (``python -m m2t_jax.train --workdir``): its exported model (WORKDIR/model)
-if the run finished, else its latest checkpoint; it prints which.
+of decompress must end in .png (the image is written as lossless PNG).
+``--checkpoint`` names a folder written by ``Codec.save``, a shipped model
+(``m2t_jax/models/manifest.json``) or a model kind ('m2t': the shipped model of
+that kind, the default one if it is); without it the default shipped model is used.
+``m2t eval --checkpoint`` also takes a training workdir (``python -m m2t_jax.train
+--workdir``): its exported model (WORKDIR/model) if the run finished, else its
+latest checkpoint; it prints which.
 ``--config m2t:tiny`` gives a randomly initialised model instead, for trying the
 pipeline. ``decompress`` refuses a stream whose header claims more than
 ``--max-pixels`` pixels (default 89,478,485, Pillow's decompression-bomb limit)
 before allocating anything; raise it for large images you trust. ``compress``
 refuses images above the same ``--max-pixels`` (their stream would be refused by a
-decoder with the default limit).
+decoder with the default limit), from the file's header, before decoding it.
+``decompress`` and ``info`` read a file no further than its header's declared length.
 ``compress --size-schedule`` picks the decode-time model sizes of a nested model
 (kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0');
 the stream records it and ``m2t info`` shows it. Other kinds refuse it.
@@ -63,7 +65,12 @@ def _compress(args):
   refine = _refine(args)  # impossible settings fail before any work
   codec = _codec(args)
   codec.max_pixels = args.max_pixels
-  image, notes = images.read_rgb(args.input)
+  from PIL import Image
+  # Pillow refuses images above twice its own limit before ours is asked: lift it
+  # to ours (this process only), so that --max-pixels alone decides.
+  if Image.MAX_IMAGE_PIXELS is not None:  # None: the check is off already
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, args.max_pixels)
+  image, notes = images.read_rgb(args.input, max_pixels=args.max_pixels)
   for note in notes:
     print(f"m2t: note: {note}", file=sys.stderr)
   data = codec.compress(image, size_schedule=args.size_schedule, refine=refine)
@@ -73,10 +80,34 @@ def _compress(args):
   print(f"{args.input} -> {args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp")
 
 
+# Files whose first bytes are an m2t_jax stream of another format version (old
+# versions, whose layout this reader does not parse, or a corrupted version
+# byte) are read up to this many bytes, so that unpack can name the version.
+_UNPARSED_VERSION_BYTES = 1 << 24
+
+
+def _read_stream(path: str) -> bytes:
+  """The bytes of the stream file at ``path``, read no further than its header
+  declares (plus one byte, so that unpack sees trailing bytes): ``/dev/zero``, a
+  10 GB video or a forged length in a short file cost a few bytes of memory, not
+  the whole file."""
+  from m2t_jax.coding import bitstream
+  with open(path, "rb") as f:
+    data = f.read(bitstream.PREFIX_BYTES)
+    declared = bitstream.declared_length(data)
+    if declared is not None:
+      data += f.read(max(declared - len(data), 0) + 1)
+    elif data[:4] == bitstream.MAGIC and len(data) == bitstream.PREFIX_BYTES:
+      data += f.read(_UNPARSED_VERSION_BYTES)
+  return data  # otherwise too short or no stream: unpack says which
+
+
 def _decompress(args):
   from m2t_jax import images
-  with open(args.input, "rb") as f:
-    data = f.read()
+  if not args.output.lower().endswith(".png"):  # before any work
+    raise ValueError(f"OUT must be a .png file (the decoded image is written as "
+                     f"lossless PNG), got {args.output!r}")
+  data = _read_stream(args.input)
   codec = _codec(args)
   codec.max_pixels = args.max_pixels
   image = codec.decompress(data)
@@ -91,8 +122,7 @@ def _demo(args):
 
 def _info(args):
   from m2t_jax.coding import bitstream
-  with open(args.input, "rb") as f:
-    data = f.read()
+  data = _read_stream(args.input)
   header, payload = bitstream.unpack(data)
   print(bitstream.describe(header, len(payload), version=data[4]))
 

@@ -95,6 +95,7 @@ _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + 1 + _CRC.size
 _V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
 _MAX_PAYLOAD = 2**32 - 1
+PREFIX_BYTES = _HEADER.size + 1  # what ``declared_length`` reads: up to byte 48
 
 
 def latent_crc(y_hat) -> int:
@@ -250,6 +251,18 @@ def pack(header: Header, payload: bytes) -> bytes:
   return body + _CRC.pack(zlib.crc32(body))
 
 
+def declared_length(prefix: bytes) -> int | None:
+  """Bytes in all that a version 3 or 4 stream starting with ``prefix`` declares
+  (from its payload length and size schedule length; untrusted until ``unpack``
+  checks them), or None if ``prefix`` (at least ``PREFIX_BYTES`` long) starts no
+  such stream. File readers read no further than this (and one byte more, to see
+  trailing bytes): a file that is no stream then costs ``PREFIX_BYTES``."""
+  if len(prefix) < PREFIX_BYTES or prefix[:4] != MAGIC or prefix[4] not in READABLE_VERSIONS:
+    return None
+  length = _V3_HEADER_BYTES + _HEADER.unpack_from(prefix)[-1]
+  return length + (1 + prefix[_HEADER.size] if prefix[4] == 4 else 0)
+
+
 def unpack(data: bytes) -> tuple[Header, bytes]:
   """Parses and checks a stream written by ``pack``.
 
@@ -290,9 +303,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     hint = ""
     if len(data) >= HEADER_BYTES and data[4] in READABLE_VERSIONS:
       # Fields are untrusted here; the length is only a hint for the message.
-      expected = _V3_HEADER_BYTES + _HEADER.unpack_from(data)[-1]
-      if data[4] == 4:
-        expected += 1 + data[_HEADER.size]
+      expected = declared_length(data)
       if expected != len(data):
         hint = (f"; the header declares {expected} bytes in all but the stream has "
                 f"{len(data)}, so it may be truncated or have extra bytes appended")
@@ -330,10 +341,14 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
   if backend >= len(BACKENDS):
     raise BitstreamError(f"invalid header: unknown backend byte {backend}")
   schedule = ()
-  if version == 4:  # n, then n exits (n is checked against num_steps below)
+  if version == 4:  # n, then n exits
+    n = data[_HEADER.size]
+    if n not in (0, num_steps):
+      raise BitstreamError(f"invalid header: size schedule length {n}, expected 0 "
+                           f"or num_steps ({num_steps})")
     start = _HEADER.size + 1
-    schedule = tuple(data[start:min(start + data[_HEADER.size], len(data) - _CRC.size)])
-    overhead += len(schedule)
+    schedule = tuple(data[start:min(start + n, len(data) - _CRC.size)])
+    overhead += n  # a short schedule then fails the length check below
   header = Header(model_kind=kind_entry.name, order=ORDERS[order],
                   num_steps=num_steps, alpha=alpha, height=height, width=width,
                   fingerprint=fingerprint, latent_crc=crc_latent,

@@ -40,8 +40,9 @@ def validate_training_config(config: ml_collections.ConfigDict,
         f"devices ({num_processes} host(s)): use a positive multiple of {num_devices}.")
   # The entropy model works on patch_size x patch_size patches of the latent,
   # which is 1/DOWNSCALE of the image in each dimension.
+  # (patch_size < 1 is reported by model.validate_config above.)
   unit = DOWNSCALE * config.patch_size
-  if config.crop_size < unit or config.crop_size % unit:
+  if unit >= 1 and (config.crop_size < unit or config.crop_size % unit):
     errors.append(
         f"crop_size={config.crop_size} must be a positive multiple of 16 * patch_size"
         f" = {unit} for model {config.model!r}: a crop must be whole {config.patch_size}"
