@@ -214,19 +214,15 @@ class Codec:
       ``max_pixels`` pixels (checked before any work).
     """
     image = check_image(image)
-    height, width = image.shape[:2]
-    if height * width > self.max_pixels:  # a stream the same limit would refuse to decode
-      raise ValueError(f"The image is {width} x {height} ({height * width} pixels), more "
-                       f"than codec.max_pixels ({self.max_pixels}): its stream would be "
-                       "refused by a decoder with the same limit. Raise codec.max_pixels "
-                       "(m2t compress --max-pixels) to code it anyway.")
-    self.entropy_model.resolve_size_schedule(size_schedule)  # before the analysis
+    self._check_pixels(*image.shape[:2])  # before the analysis
+    self.entropy_model.resolve_size_schedule(size_schedule)
     return self.compress_latent(self.analyze(image, refine), *image.shape[:2], size_schedule)
 
   def compress_latent(self, y_hat: np.ndarray, height: int, width: int,
                       size_schedule=None) -> bytes:
     """Codes an integer latent (1, h, w, C) of an image of ``height`` x ``width``
     (``compress`` calls this; public so that any latent can be coded)."""
+    self._check_pixels(height, width)
     y_hat = np.asarray(y_hat)
     expected = (1, *latent_size(height, width), self.config.latent_channels)
     if y_hat.shape != expected:
@@ -238,6 +234,13 @@ class Codec:
     header = self.entropy_coder.header(height, width, bitstream.latent_crc(y),
                                        self.fingerprint, schedule)
     return bitstream.pack(header, payload)
+
+  def _check_pixels(self, height: int, width: int) -> None:
+    if height * width > self.max_pixels:  # a stream the same limit would refuse to decode
+      raise ValueError(f"The image is {width} x {height} ({height * width} pixels), more "
+                       f"than codec.max_pixels ({self.max_pixels}): its stream would be "
+                       "refused by a decoder with the same limit. Raise codec.max_pixels "
+                       "(m2t compress --max-pixels) to code it anyway.")
 
   def read_header(self, data: bytes) -> bitstream.Header:
     """Unpacks ``data`` and checks that this codec's model wrote it."""

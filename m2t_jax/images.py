@@ -21,6 +21,8 @@ an array (``to_rgb_uint8``, e.g. a TFDS example):
   arrays): the alpha channel is dropped and the colour kept as stored, *not*
   composited on a background, so a transparent region keeps its colour.
 * Other modes (CMYK, YCbCr, LAB, HSV): Pillow's conversion to RGB.
+* Several frames (animated GIF/PNG/WebP, multi-page TIFF; files only): the first
+  frame, with a note.
 
 ``read_rgb`` also returns one note per change made (orientation, bit depth,
 colour mode, alpha), for the CLI to print. A file that Pillow cannot decode
@@ -200,6 +202,7 @@ def read_rgb(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, list
         raise ImageFileError(
             f"{path!r} is {width} x {height} ({width * height} pixels), more than "
             f"the limit of {max_pixels} (m2t compress --max-pixels)")
+      frames = getattr(opened, "n_frames", 1)
       wide = _png16_colour(opened, path)
       orientation = opened.getexif().get(ExifTags.Base.Orientation, 1)
       if wide is not None:
@@ -221,6 +224,8 @@ def read_rgb(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, list
                          f"{e}") from e
   if orientation in range(2, 9):  # 1: upright; other values are not orientations
     notes.insert(0, f"EXIF orientation {orientation} applied (rotated/flipped upright)")
+  if frames > 1:  # an animation or a multi-page file: say what is left out
+    notes.insert(0, f"{frames} frames (animation or pages): only the first is read")
   return rgb, notes
 
 

@@ -145,6 +145,19 @@ def test_max_pixels_guards_and_can_be_raised(codecs):
   latent = _forge(coder.compress(np.zeros((1, 1, 8), int)), height=1000, width=1000)
   with pytest.raises(StreamTooLargeError, match="1000 x 1000 latent.*coder.max_cells"):
     coder.decompress(latent)
+  # The encoders refuse what a decoder with the same limit would, before any work.
+  codec.max_pixels = 16 * 16 - 1
+  try:
+    with pytest.raises(ValueError, match=r"16 x 16 \(256 pixels\).*codec.max_pixels"):
+      codec.compress_latent(np.zeros((1, 1, 1, 8), int), 16, 16)
+  finally:
+    codec.max_pixels = bitstream.DEFAULT_MAX_PIXELS
+  coder.max_cells = 3
+  try:
+    with pytest.raises(ValueError, match=r"2 x 2 \(4 cells\).*coder.max_cells"):
+      coder.compress(np.zeros((2, 2, 8), int))
+  finally:
+    coder.max_cells = bitstream.DEFAULT_MAX_PIXELS // 256
 
 
 def test_older_format_is_refused_with_a_message(codecs):

@@ -402,3 +402,19 @@ def test_a_malformed_exif_tag_is_an_image_file_error(tmp_path):
   Image.fromarray(_asymmetric()).save(path, exif=raw.replace(tag, bad))
   with pytest.raises(images.ImageFileError, match="odd_exif.jpg"):
     images.read_rgb(str(path))
+
+
+def test_only_the_first_frame_of_an_animation_is_read_and_said(tmp_path):
+  first, second = _asymmetric(), 255 - _asymmetric()
+  path = tmp_path / "anim.png"
+  Image.fromarray(first).save(path, save_all=True, append_images=[Image.fromarray(second)])
+  rgb, notes = images.read_rgb(str(path))
+  np.testing.assert_array_equal(rgb, first)
+  assert any("2 frames" in n and "only the first" in n for n in notes), notes
+  assert not any("frames" in n for n in images.read_rgb(str(_still(tmp_path)))[1])
+
+
+def _still(tmp_path):
+  path = tmp_path / "still.png"
+  Image.fromarray(_asymmetric()).save(path)
+  return path

@@ -39,3 +39,7 @@ def test_progressive_decoding(kind, order):
     assert decoded_cells < int(np.asarray(valid).sum())
   with pytest.raises(ValueError, match="num_steps"):
     codec.decompress(stream, num_steps=config.schedule.num_steps + 1)
+  # Not counts of steps, though within the range: no silent partial decode.
+  for not_a_count in (True, 1.5, np.float64(1.0)):
+    with pytest.raises(ValueError, match="num_steps must be an integer"):
+      codec.decompress(stream, num_steps=not_a_count)

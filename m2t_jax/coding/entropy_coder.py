@@ -34,6 +34,7 @@ allocated. During decoding, a payload that runs out while a step still has more
 than ``_EXHAUSTED_SLACK_BITS`` bits of information to decode stops at that step.
 """
 
+import numbers
 import time
 
 import jax
@@ -155,6 +156,11 @@ class EntropyCoder:
     None = the model's default, a name, or indices); ValueError for one the model
     cannot run. The stream records it; the decoder runs it."""
     y = check_latent(y_hat, self.latent_channels)
+    if y.shape[0] * y.shape[1] > self.max_cells:  # what a decoder would refuse
+      raise ValueError(f"The latent is {y.shape[0]} x {y.shape[1]} ({y.shape[0] * y.shape[1]} "
+                       f"cells), more than coder.max_cells ({self.max_cells}): its stream "
+                       "would be refused by a decoder with the same limit. Raise "
+                       "coder.max_cells to code it anyway.")
     schedule = self.model.resolve_size_schedule(size_schedule)
     payload = self.encode_tokens(y[None], schedule)
     return bitstream.pack(self.header(y.shape[0], y.shape[1], bitstream.latent_crc(y),
@@ -278,8 +284,11 @@ class EntropyCoder:
              else self.scheduled(size_schedule))
     loop = self._loop(valid, model)
     total = len(loop)
-    if num_steps is not None and not 0 <= num_steps <= total:
-      raise ValueError(f"num_steps must be in 0..{total}, got {num_steps}.")
+    if num_steps is not None and (not isinstance(num_steps, numbers.Integral)
+                                  or isinstance(num_steps, bool)
+                                  or not 0 <= num_steps <= total):
+      # (True or 1.5 would otherwise pass the range check as a partial decode.)
+      raise ValueError(f"num_steps must be an integer in 0..{total}, got {num_steps!r}.")
     coded_steps = total if num_steps is None else num_steps
     values = np.zeros(valid.shape + (self.latent_channels,),
                       np.int64 if coded_steps == total else np.float64)
