@@ -21,7 +21,7 @@ an array (``to_rgb_uint8``, e.g. a TFDS example):
   arrays): the alpha channel is dropped and the colour kept as stored, *not*
   composited on a background, so a transparent region keeps its colour.
 * Other modes (CMYK, YCbCr, LAB, HSV): Pillow's conversion to RGB.
-* Several frames (animated GIF/PNG/WebP, multi-page TIFF; files only): the first
+* Several frames (animated GIF/PNG/WebP, multi-page TIFF, a camera's MPO JPEG; files
   frame, with a note.
 
 ``read_rgb`` also returns one note per change made (orientation, bit depth,
@@ -224,8 +224,9 @@ def read_rgb(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, list
                          f"{e}") from e
   if orientation in range(2, 9):  # 1: upright; other values are not orientations
     notes.insert(0, f"EXIF orientation {orientation} applied (rotated/flipped upright)")
-  if frames > 1:  # an animation or a multi-page file: say what is left out
-    notes.insert(0, f"{frames} frames (animation or pages): only the first is read")
+  if frames > 1:  # an animation, a multi-page file or an MPO: say what is left out
+    notes.insert(0, f"{frames} frames (an animation, pages, or a camera's extra "
+                    "pictures): only the first is read")
   return rgb, notes
 
 
