@@ -22,7 +22,7 @@ an array (``to_rgb_uint8``, e.g. a TFDS example):
   composited on a background, so a transparent region keeps its colour.
 * Other modes (CMYK, YCbCr, LAB, HSV): Pillow's conversion to RGB.
 * Several frames (animated GIF/PNG/WebP, multi-page TIFF, a camera's MPO JPEG; files
-  frame, with a note.
+  only): the first frame, with a note.
 
 ``read_rgb`` also returns one note per change made (orientation, bit depth,
 colour mode, alpha), for the CLI to print. A file that Pillow cannot decode
