@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
+from m2t_jax.app import info
 from m2t_jax.coding import bitstream as bs
 from m2t_jax.entropy import registry
 
@@ -114,7 +115,7 @@ def test_size_schedule_round_trip_and_overhead():
   assert len(data) == bs.HEADER_BYTES + 12 + len(_PAYLOAD)
   assert data == _craft(schedule=bytes([12, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0]))
   assert bs.unpack(data) == (header, _PAYLOAD)
-  assert "exits 2,2,2,2,2,2,1,1,1,1,0,0" in bs.describe(header, len(_PAYLOAD))
+  assert "exits 2,2,2,2,2,2,1,1,1,1,0,0" in info.describe(header, len(_PAYLOAD))
 
 
 def test_version_3_streams_still_read():
@@ -123,8 +124,8 @@ def test_version_3_streams_still_read():
   assert len(data) == 52 + len(_PAYLOAD)
   header, payload = bs.unpack(data)
   assert payload == _PAYLOAD and header == _HEADER and header.size_schedule == ()
-  assert "format version 3" in bs.describe(header, len(payload), version=3)
-  assert "(8 payload + 52 header/CRC)" in bs.describe(header, len(payload), version=3)
+  assert "format version 3" in info.describe(header, len(payload), version=3)
+  assert "(8 payload + 52 header/CRC)" in info.describe(header, len(payload), version=3)
 
 
 def test_version_byte_is_believed_only_after_the_crc():
@@ -212,11 +213,11 @@ def test_pack_types():
 
 
 def test_describe():
-  text = bs.describe(_HEADER)
+  text = info.describe(_HEADER)
   for part in ["m2t", "qlds", "12 steps", "768 x 512", bytes(range(16)).hex(),
                "gpu, JAX 0.4.38", "deadbeef"]:
     assert part in text
-  text = bs.describe(_HEADER, payload_bytes=1000)
+  text = info.describe(_HEADER, payload_bytes=1000)
   assert "1053 (1000 payload + 53 header/CRC)" in text
   assert f"{8 * 1053 / (512 * 768):.4f} bits per pixel (per latent cell" in text
   assert "pixels, or latent cells" in text

@@ -121,10 +121,11 @@ def _demo(args):
 
 
 def _info(args):
+  from m2t_jax.app import info
   from m2t_jax.coding import bitstream
   data = _read_stream(args.input)
   header, payload = bitstream.unpack(data)
-  print(bitstream.describe(header, len(payload), version=data[4]))
+  print(info.describe(header, len(payload), version=data[4]))
 
 
 def _summary(args):

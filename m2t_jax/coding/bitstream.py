@@ -93,7 +93,7 @@ _HEADER = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..48, versions 3 and 4
 _CRC = struct.Struct("<I")
 # 53: bytes of a version 4 stream besides the payload (and its size schedule).
 HEADER_BYTES = _HEADER.size + 1 + _CRC.size
-_V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
+V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
 _MAX_PAYLOAD = 2**32 - 1
 PREFIX_BYTES = _HEADER.size + 1  # what ``declared_length`` reads: up to byte 48
 
@@ -259,7 +259,7 @@ def declared_length(prefix: bytes) -> int | None:
   trailing bytes): a file that is no stream then costs ``PREFIX_BYTES``."""
   if len(prefix) < PREFIX_BYTES or prefix[:4] != MAGIC or prefix[4] not in READABLE_VERSIONS:
     return None
-  length = _V3_HEADER_BYTES + _HEADER.unpack_from(prefix)[-1]
+  length = V3_HEADER_BYTES + _HEADER.unpack_from(prefix)[-1]
   return length + (1 + prefix[_HEADER.size] if prefix[4] == 4 else 0)
 
 
@@ -325,7 +325,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(
         f"unsupported format version {version} (this m2t_jax reads "
         f"{READABLE_VERSIONS}); the stream is corrupted")
-  overhead = HEADER_BYTES if version == 4 else _V3_HEADER_BYTES
+  overhead = HEADER_BYTES if version == 4 else V3_HEADER_BYTES
   if len(data) < overhead:
     raise BitstreamError(
         f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
@@ -365,37 +365,3 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
   start = overhead - _CRC.size
   return header, data[start:start + payload_len]
 
-
-def describe(header: Header, payload_bytes: int | None = None,
-             version: int = FORMAT_VERSION) -> str:
-  """Multi-line human-readable summary of a header, for ``m2t info``.
-
-  Args:
-    header: as returned by ``unpack``.
-    payload_bytes: optional payload length; if given, sizes and the bits per
-      pixel of the whole stream (header and CRC included) are added.
-    version: the stream's format version (byte 4).
-  """
-  lines = [
-      f"m2t_jax stream, format version {version}",
-      f"  model:       {header.model_kind}",
-      f"  fingerprint: {header.fingerprint.hex()}",
-      # The header alone cannot tell an image stream from a latent one (only the
-      # model's fingerprint, which info does not load, does), so both are named.
-      f"  size:        {header.width} x {header.height} (width x height; pixels, "
-      "or latent cells for a stream of EntropyCoder.compress)",
-      f"  schedule:    {header.order}, {header.num_steps} steps, "
-      f"alpha {header.alpha:g}",
-      *([f"  size schedule: exits {','.join(map(str, header.size_schedule))} "
-         "(model exit of each step)"] if header.size_schedule else []),
-      f"  written on:  {header.writer}",
-      f"  latent CRC:  {header.latent_crc:08x}",
-  ]
-  if payload_bytes is not None:
-    overhead = _V3_HEADER_BYTES if version == 3 else HEADER_BYTES
-    total = overhead + len(header.size_schedule) + payload_bytes
-    bpp = 8 * total / (header.height * header.width)
-    lines.append(f"  bytes:       {total} ({payload_bytes} payload + "
-                 f"{total - payload_bytes} header/CRC), {bpp:.4f} bits per pixel "
-                 "(per latent cell for a latent stream)")
-  return "\n".join(lines)

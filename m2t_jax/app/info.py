@@ -1,0 +1,39 @@
+"""``m2t info``: the human-readable report of a stream's header (the format
+itself is ``m2t_jax/coding/bitstream.py``)."""
+
+from m2t_jax.coding import bitstream
+
+
+def describe(header: bitstream.Header, payload_bytes: int | None = None,
+             version: int = bitstream.FORMAT_VERSION) -> str:
+  """Multi-line human-readable summary of a header, for ``m2t info``.
+
+  Args:
+    header: as returned by ``unpack``.
+    payload_bytes: optional payload length; if given, sizes and the bits per
+      pixel of the whole stream (header and CRC included) are added.
+    version: the stream's format version (byte 4).
+  """
+  lines = [
+      f"m2t_jax stream, format version {version}",
+      f"  model:       {header.model_kind}",
+      f"  fingerprint: {header.fingerprint.hex()}",
+      # The header alone cannot tell an image stream from a latent one (only the
+      # model's fingerprint, which info does not load, does), so both are named.
+      f"  size:        {header.width} x {header.height} (width x height; pixels, "
+      "or latent cells for a stream of EntropyCoder.compress)",
+      f"  schedule:    {header.order}, {header.num_steps} steps, "
+      f"alpha {header.alpha:g}",
+      *([f"  size schedule: exits {','.join(map(str, header.size_schedule))} "
+         "(model exit of each step)"] if header.size_schedule else []),
+      f"  written on:  {header.writer}",
+      f"  latent CRC:  {header.latent_crc:08x}",
+  ]
+  if payload_bytes is not None:
+    overhead = bitstream.V3_HEADER_BYTES if version == 3 else bitstream.HEADER_BYTES
+    total = overhead + len(header.size_schedule) + payload_bytes
+    bpp = 8 * total / (header.height * header.width)
+    lines.append(f"  bytes:       {total} ({payload_bytes} payload + "
+                 f"{total - payload_bytes} header/CRC), {bpp:.4f} bits per pixel "
+                 "(per latent cell for a latent stream)")
+  return "\n".join(lines)
