@@ -1,7 +1,10 @@
 """The accelerator report: one command, a folder of JSON + markdown.
 
-  python experiments/accelerator_report.py --out out/accelerator        # GPU/TPU host
-  python experiments/accelerator_report.py --out /tmp/acc --quick       # CPU check
+  python -m experiments.accelerator_report                            # GPU/TPU host
+  python -m experiments.accelerator_report --output-dir /tmp/acc --quick  # CPU check
+
+Writes ``report.json`` (with the run's provenance) and ``report.md`` into
+``--output-dir`` (default ``out/accelerator_report``).
 
 Sections, each in its own fresh process under its own time limit (seconds, full
 mode; a section that runs out is recorded as ``timeout`` with the last progress
@@ -18,32 +21,31 @@ lines it printed, and the next one starts, so one slow part cannot eat the rest;
 |               |       | each compiling for itself (own empty compilation cache)    |
 | cpu_to_device |    60 | encode on the CPU (JAX_PLATFORMS=cpu), decode on the       |
 |               |       | device: exact, or DecodeMismatchError; a wrong image fails |
-| bench_decode  |   180 | ``bench_decode.py`` paper config, 2000x1500, S = 12, each  |
+| bench_decode  |   180 | ``bench_decode`` paper config, 2000x1500, S = 12, each     |
 |               |       | kind in its own process: M2T 70, MT 45, GroupedMixer 35,   |
 |               |       | nested M2T 30 s (size schedules full and fast)             |
-| bench_train   |    60 | ``bench_train.py`` paper config: steps/s, images/s, MFU,   |
+| bench_train   |    60 | ``bench_train`` paper config: steps/s, images/s, MFU,      |
 |               |       | float32 and bfloat16 (``config.compute_dtype``)             |
 
-Total 535 s of limits plus start-up: under 9 minutes on one H100.
+Total 535 s of limits plus start-up.
 
-**Compilation.** The first H100 run (2026-11, see BUILD.md) timed out in every
-codec section: XLA's GPU compiler takes seconds per executable, and the coding
-path then compiled one per decode step. Every child therefore runs with
+**Compilation.** XLA's GPU compiler takes seconds per executable, and a coding
+path that compiled one executable per decode step would time out in every codec
+section. Every child therefore runs with
 ``JAX_LOG_COMPILES=1``; the report sums the compilations each section logged
 (``compile_s``, ``compiles``), so a slow section says whether it compiled or
 computed. roundtrip, cpu_to_device's decoder and the decode benchmarks share one
-persistent compilation cache (``<out>/jax_cache``; what a user's repeated runs
+persistent compilation cache (``<output-dir>/jax_cache``; what a user's repeated runs
 have), two_process's encoder and decoder each compile alone (their point is two
 independent compilations giving the same tables). ``--quick`` uses the tiny
 configs, small images, one shared compilation cache (two_process then checks the
 script, not independent compilations), float32 training only and limits of 400 s
 per section, for a CPU check;
 ``--kinds`` restricts the kinds of every section (``tests/test_accelerator_report.py``
-runs ``--quick --kinds nested``: every section, about 2 minutes on 2 CPU cores).
+runs ``--quick --kinds nested``: every section).
 The codec's GPU settings are those of ``m2t_jax/coding/determinism.py``.
 """
 
-import argparse
 import json
 import os
 import re
@@ -52,7 +54,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments import common
+
+ROOT = common.ROOT
 LIMITS = {"devices": 20, "roundtrip": 125, "two_process": 90, "cpu_to_device": 60,
           "bench_decode": 40, "bench_train": 60}
 # bench_decode runs once per kind, each under its own limit, the paper's kind
@@ -225,7 +229,7 @@ def _child(section, args, limit, env, extra=()):
   """Runs one section in a fresh process; returns its JSON merged into the run
   record (status, seconds, compile stats)."""
   with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
-    cmd = [sys.executable, os.path.abspath(__file__), "--section", section,
+    cmd = [sys.executable, "-m", "experiments.accelerator_report", "--section", section,
            "--result", result.name, "--tmp", args.tmp, *(["--quick"] if args.quick else []),
            *(["--kinds", *args.kinds] if args.kinds else []), *extra]
     record = _run(cmd, env, limit)
@@ -235,23 +239,39 @@ def _child(section, args, limit, env, extra=()):
 
 
 def _script(name, argv, limit, env):
-  return _run([sys.executable, os.path.join(ROOT, "experiments", name), *argv], env, limit)
+  """Runs ``python -m experiments.<name> ARGV`` from the repository root."""
+  return _run([sys.executable, "-m", f"experiments.{name}", *argv], env, limit)
+
+
+# The two benchmark scripts' command lines, in their own flags.
+def _bench_decode_argv(size, image, steps, kind, repeats, output) -> list[str]:
+  return ["--config", size, "--image-size", image, "--steps", steps, "--model", kind,
+          "--repeats", repeats, "--output", output]
+
+
+def _bench_train_argv(size, dtypes, output, quick) -> list[str]:
+  return [f"--sizes={size}", f"--dtypes={dtypes}", "--steps=3", "--warmup=1",
+          f"--output={output}", *(["--batch_size=1"] if quick else [])]
 
 
 def run(args) -> dict:
   limits = QUICK_LIMITS if args.quick else LIMITS
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(args.output_dir, exist_ok=True)
   report = {"quick": args.quick, "kinds": _kinds(args), "sections": {}}
 
   def save(name, record):
     report["sections"][name] = record
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-      json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
+    # The device as the devices section found it: this parent process never
+    # initialises JAX's backend (it would hold the accelerator's memory).
+    dev = report["sections"].get("devices", {})
+    device = (f"{dev.get('device_kind')} x{dev.get('num_devices')} ({dev.get('platform')}), "
+              f"JAX {dev.get('jax')}" if dev.get("status") == "ok" else "unknown")
+    common.write_json(os.path.join(args.output_dir, "report.json"), report, args, device)
+    with open(os.path.join(args.output_dir, "report.md"), "w") as f:
       f.write(markdown(report))
     print(f"{name}: {record.get('status')}", flush=True)
 
-  shared = os.path.join(os.path.abspath(args.out), "jax_cache")
+  shared = os.path.join(os.path.abspath(args.output_dir), "jax_cache")
   # two_process's children compile alone (fresh, empty caches). --quick shares
   # one cache everywhere instead: on a CPU its point is that every section runs,
   # and compiling the same tiny executables five times would triple its time.
@@ -270,28 +290,24 @@ def run(args) -> dict:
   size, image, steps = ("tiny", "80x48", "4") if args.quick else ("paper", "2000x1500", "12")
   record = {"status": "ok", "records": [], "kinds": {}}
   for kind in _kinds(args):
-    bench = os.path.join(args.out, f"bench_decode_{kind}.json")
+    bench = os.path.join(args.output_dir, f"bench_decode_{kind}.json")
     limit = limits["bench_decode"] if args.quick else DECODE_LIMITS.get(
         kind, limits["bench_decode"])
-    result = _script("bench_decode.py", ["--config", size, "--image-size", image,
-                                         "--steps", steps, "--model", kind, "--repeats",
-                                         "1" if args.quick else "2", "--output", bench,
-                                         *DECODE_ARGS.get(kind, [])], limit, _env(shared))
+    argv = _bench_decode_argv(size, image, steps, kind, "1" if args.quick else "2", bench)
+    result = _script("bench_decode", [*argv, *DECODE_ARGS.get(kind, [])], limit,
+                     _env(shared))
     record["kinds"][kind] = result
     if os.path.exists(bench):
       record["records"] += json.load(open(bench))["records"]
     if result["status"] != "ok":
       record["status"] = "partial"
     save("bench_decode", record)
-  train_json = os.path.join(args.out, "bench_train.json")
+  train_json = os.path.join(args.output_dir, "bench_train.json")
   # --quick trains float32 only: compiling the tiny train step is most of its
   # time on a CPU, and tests/test_precision.py already trains every kind in both.
   dtypes = "float32" if args.quick else "float32,bfloat16"
-  train_args = [f"--sizes={size}", f"--dtypes={dtypes}", "--steps=3", "--warmup=1",
-                f"--output={train_json}"]
-  if args.quick:
-    train_args.append("--batch_size=1")
-  record = _script("bench_train.py", train_args, limits["bench_train"], _env(shared))
+  record = _script("bench_train", _bench_train_argv(size, dtypes, train_json, args.quick),
+                   limits["bench_train"], _env(shared))
   if os.path.exists(train_json):
     record["results"] = json.load(open(train_json))["results"]
   save("bench_train", record)
@@ -346,17 +362,20 @@ def _runs(rec) -> list:
   return [rec]
 
 
+def build_parser():
+  p = common.parser("accelerator_report", __doc__)
+  common.add(p, "--output-dir", default=os.path.join("out", "accelerator_report"))
+  common.add(p, "--quick", action="store_true")
+  common.add(p, "--kinds", nargs="+", default=None)
+  common.add(p, "--section", choices=sorted(SECTIONS), hidden=True)
+  common.add(p, "--result", hidden=True)
+  common.add(p, "--tmp", hidden=True)
+  return p
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", default="out/accelerator")
-  p.add_argument("--quick", action="store_true")
-  p.add_argument("--kinds", nargs="+", help="entropy-model kinds (default: all)")
-  p.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)
-  p.add_argument("--result", help=argparse.SUPPRESS)
-  p.add_argument("--tmp", help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
+  args = common.parse(build_parser(), argv)
   if args.section:
-    sys.path.insert(0, ROOT)
     with open(args.result, "w") as f:
       json.dump(SECTIONS[args.section](args), f)
     return 0

@@ -1,36 +1,36 @@
 """Coding throughput: table building and range coding, and their share of decode.
 
-  python experiments/bench_coding.py --output out/bench_coding.json
+  python -m experiments.bench_coding [--sizes tiny small] [--output-dir out/bench_coding]
 
 For the tiny and small configs (MT and M2T) on a 768x512 photo: symbols coded,
 table-building and range-decoding seconds and throughput (symbols/s), and their
 share of the full decode time (``Codec.decompress``). Uses the measurements of
 ``bench_decode.bench_one``; random weights (a trained model codes fewer escapes,
-so range coding only gets faster).
+so range coding only gets faster). Writes ``{"records": [...]}`` to
+``<output-dir>/bench_coding.json``.
 """
 
-import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_decode  # noqa: E402
+from experiments import bench_decode, common
+from m2t_jax import get_config
+from m2t_jax.entropy import registry
 
-from m2t_jax import get_config  # noqa: E402
-from m2t_jax.entropy import registry  # noqa: E402
+
+def build_parser():
+  p = common.parser("bench_coding", __doc__)
+  common.add(p, "--sizes", nargs="+", default=["tiny", "small"])
+  common.add(p, "--image-size", default="768x512")
+  common.add(p, "--repeats", type=int, default=3)
+  common.add_output(p, "bench_coding")
+  return p
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
-  parser.add_argument("--image-size", default="768x512")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--output", default="out/bench_coding.json")
-  args = parser.parse_args(argv)
+  args = common.parse(build_parser(), argv)
   width, height = (int(v) for v in args.image_size.split("x"))
   records = []
-  for size in args.configs:
+  for size in args.sizes:
     for kind in registry.names():
       config = get_config(kind, size)
       r = bench_decode.bench_one(size, kind, config.schedule.num_steps, width, height,
@@ -47,9 +47,7 @@ def main(argv=None):
              "coding_share": r["coding_s"] / r["full_decode_s"], "device": r["device"]}
       records.append(rec)
       print(json.dumps(rec), flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(records, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), {"records": records}, args)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,21 @@
 """Why cached M2T steps cost more than their FLOPs on a CPU: XLA matmul speed vs rows.
 
-  python experiments/bench_matmul.py --output out/bench_matmul.json
+  python -m experiments.bench_matmul [--output-dir out/bench_matmul]
 
 Times x (m, 768) @ W (768, 9216) (the shape of ViT-B's fused QKV + MLP-in
 weights of one layer) for m = 1 .. 576 rows on the current device: an M2T step
 multiplies g_i rows (2, 9, 16, ... 100 for S=12), a teacher-forced pass 576.
-Prints seconds, GB/s of weights streamed and GFLOP/s; writes JSON.
+Prints seconds, GB/s of weights streamed and GFLOP/s; writes
+``<output-dir>/bench_matmul.json``.
 """
 
-import argparse
 import json
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 
+from experiments import common
 from m2t_jax.entropy import schedules
 
 
@@ -27,10 +27,14 @@ def _time(f, *args, repeats=20):
   return (time.perf_counter() - t0) / repeats
 
 
+def build_parser():
+  p = common.parser("bench_matmul", __doc__)
+  common.add_output(p, "bench_matmul")
+  return p
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--output", default="out/bench_matmul.json")
-  args = parser.parse_args(argv)
+  args = common.parse(build_parser(), argv)
   w = jnp.ones((768, 9216), jnp.float32)
   f = jax.jit(lambda w, x: x @ w)
   sizes = [int(g) for g in schedules.group_sizes(576, 12, 2.2)]
@@ -46,9 +50,8 @@ def main(argv=None):
   summary = {"m2t_steps_s": steps, "one_pass_s": by_rows[576], "ratio": steps / by_rows[576],
              "group_sizes": sizes, "device": jax.devices()[0].device_kind}
   print(json.dumps(summary))
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as fh:
-    json.dump({"records": records, "summary": summary}, fh, indent=1)
+  common.write_json(common.output_path(args, ".json"),
+                    {"records": records, "summary": summary}, args)
 
 
 if __name__ == "__main__":

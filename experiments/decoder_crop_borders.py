@@ -1,8 +1,8 @@
 """How much worse D decodes a latent crop than the whole image, on the same pixels.
 
-  python experiments/decoder_crop_borders.py --images VAL/035.png VAL/037.png \
+  python -m experiments.decoder_crop_borders --images VAL --only 035.png 037.png \
       [--model grouped-small-l0.0025] [--cells 16] [--margins 0 1 2 3 4] \
-      [--output experiments/results/decoder_crop_borders.json]
+      [--output-dir out/decoder_crop_borders]
 
 Decoder-only training (``--config.train_part=decoder``) runs D on latent crops of
 the cached full-image y_hat. D then sees zeros beyond the crop's sides, which a
@@ -12,17 +12,16 @@ photo (4 cells away from its edges, on a grid), the MSE (0..255) of D(window)
 against the photo, and of the full-image decode on the same pixels; both over the
 whole window and over its interior without ``margin`` cells on each side. Where
 the two agree, a loss on those pixels trains D for what full-image decoding gives
-(``train/frozen.py``, ``config.decoder_margin``).
+(``train/frozen.py``, ``config.decoder_margin``). Writes
+``<output-dir>/decoder_crop_borders.json``.
 """
-
-import argparse
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax import Codec, images as images_lib
+from experiments import common
+from m2t_jax import images as images_lib
 from m2t_jax import model as model_lib
 
 
@@ -58,28 +57,31 @@ def measure(codec, image: np.ndarray, cells: int, margins) -> dict:
   return out
 
 
+def build_parser():
+  p = common.parser("decoder_crop_borders", __doc__)
+  common.add(p, "--images", required=True)
+  common.add(p, "--only", nargs="+", default=None)
+  common.add(p, "--model", default=None, detail="default: the default shipped model")
+  common.add(p, "--cells", type=int, default=16)
+  common.add(p, "--margins", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  common.add_output(p, "decoder_crop_borders")
+  return p
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--images", nargs="+", required=True)
-  p.add_argument("--model", default=None, help="shipped name or folder (default model)")
-  p.add_argument("--cells", type=int, default=16, help="window side in latent cells")
-  p.add_argument("--margins", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-  p.add_argument("--output", default=None, help="write the results here as JSON")
-  args = p.parse_args(argv)
+  p = build_parser()
+  args = common.parse(p, argv)
   if args.cells <= 2 * max(args.margins):
     p.error("--cells must exceed twice the largest margin")
-  codec = Codec.load(args.model)
+  codec = common.load_model(args.model)
   report = {"model": args.model or "default", "cells": args.cells, "images": {}}
-  for path in args.images:
+  for path in common.image_paths(args):  # keyed by path, e.g. VAL/035.png
     result = measure(codec, images_lib.load_image(path), args.cells, args.margins)
     report["images"][path] = result
     print(path, f"{result['windows']} windows:", ", ".join(
         f"margin {m}: {r['mse_window_decoded_alone']:.2f} vs {r['mse_full_image_decode']:.2f}"
         f" ({100 * r['excess']:+.1f}%)" for m, r in result["by_margin"].items()))
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump(report, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), report, args)
 
 
 if __name__ == "__main__":

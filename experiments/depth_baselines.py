@@ -1,9 +1,9 @@
 """What a nested model's exits compete with: an un-nested M2T cut to fewer
 blocks, and the same M2T run with fewer decode steps S.
 
-  python experiments/depth_baselines.py --model m2t-small-l0.0025 --images VAL \
-      --depths 1 2 4 --steps 4 8 --time-image-size 768x512 \
-      --output experiments/results/depth_baselines_small
+  python -m experiments.depth_baselines --model m2t-small-l0.0025 --images VAL \
+      --depths 1 2 4 --decode-steps 4 8 --image-size 768x512 \
+      --output-dir experiments/results --output-name depth_baselines_small
 
 For every (depth d, S): the M2T of --model with only its first d transformer
 blocks (then its own final LayerNorm and head: exactly what a nested model's
@@ -11,23 +11,18 @@ early exit would be if it had no head of its own) and schedule.num_steps = S.
 Rate: the one-pass estimate (``Codec.estimate``: continuous bin masses, bits /
 pixel, header excluded) on every image of --images (mean, min, max); transformer
 decode time (the S cached decode steps, model only, median of --repeats) on a
-tiled photo of --time-image-size. Compare with ``size_schedules.py`` (the exits
+tiled photo of --image-size. Compare with ``size_schedules`` (the exits
 of a nested model, which were trained to be cut there). JSON + markdown.
 """
 
-import argparse
 import copy
 import json
-import os
-import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_decode  # noqa: E402
-
-from m2t_jax import Codec, images  # noqa: E402
+from experiments import bench_decode, common
+from m2t_jax import Codec
 
 
 def truncated(codec: Codec, depth: int, num_steps: int) -> Codec:
@@ -46,26 +41,29 @@ def truncated(codec: Codec, depth: int, num_steps: int) -> Codec:
   return Codec(config, params)
 
 
+def build_parser():
+  p = common.parser("depth_baselines", __doc__)
+  common.add(p, "--model", required=True, detail="an M2T model")
+  common.add(p, "--images", required=True)
+  common.add(p, "--depths", nargs="+", type=int, default=[1, 2, 4])
+  common.add(p, "--decode-steps", nargs="+", type=int, default=[4, 8])
+  common.add(p, "--image-size", default="768x512")
+  common.add(p, "--repeats", type=int, default=3)
+  common.add_output(p, "depth_baselines")
+  return p
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--model", required=True, help="an M2T model: folder or shipped name")
-  p.add_argument("--images", required=True)
-  p.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4])
-  p.add_argument("--steps", nargs="+", type=int, default=[4, 8])
-  p.add_argument("--time-image-size", default="768x512")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--output", default="experiments/results/depth_baselines")
-  args = p.parse_args(argv)
-  base = Codec.load(args.model)
+  args = common.parse(build_parser(), argv)
+  base = common.load_model(args.model)
   if base.config.model != "m2t":
     raise SystemExit(f"--model: an M2T model is needed, not {base.config.model!r}")
-  photos = [(os.path.basename(f), images.load_image(f))
-            for f in images.list_images(args.images)]
-  width, height = map(int, args.time_image_size.split("x"))
+  photos = common.load_images(args)
+  width, height = map(int, args.image_size.split("x"))
   timing_image = bench_decode._photo(width, height)
   rows = []
   for depth in args.depths:
-    for s in args.steps:
+    for s in args.decode_steps:
       codec = truncated(base, depth, s)
       bpp = [codec.estimate(image)["bpp"] for _, image in photos]
       tokens, valid = bench_decode._tokens(codec, timing_image)
@@ -81,14 +79,12 @@ def main(argv=None):
   for r in rows:
     r["vs_full_pct"] = 100 * (r["bpp"] / ref["bpp"] - 1)
   record = {"model": args.model, "images": [n for n, _ in photos],
-            "time_image_size": args.time_image_size,
+            "time_image_size": args.image_size,
             "device": jax.devices()[0].device_kind, "rows": rows}
-  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-  with open(args.output + ".json", "w") as f:
-    json.dump(record, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), record, args)
   lines = [f"# Truncated / fewer-step M2T: {args.model}", "",
            f"Rate: one-pass estimate, mean (min-max) over {len(photos)} images of "
-           f"{args.images}; transformer decode time on a {args.time_image_size} tiled "
+           f"{args.images}; transformer decode time on a {args.image_size} tiled "
            f"photo ({record['device']}).", "",
            "| blocks | S | est. bpp | min-max | vs full | transformer s |",
            "|---:|---:|---:|---|---:|---:|"]
@@ -97,7 +93,7 @@ def main(argv=None):
                  f"{r['bpp_max']:.4f} | {r['vs_full_pct']:+.1f}% | "
                  f"{r['transformer_s']:.3f} |")
   text = "\n".join(lines) + "\n"
-  with open(args.output + ".md", "w") as f:
+  with open(common.output_path(args, ".md"), "w") as f:
     f.write(text)
   print(text)
 

@@ -1,16 +1,18 @@
 """Entropy-model benchmark: every kind trained for the same steps and batch on the
 same latents (one frozen autoencoder), ranked by real bytes.
 
-  python experiments/entropy_benchmark.py --source m2t-small-l0.0025 \
-      --train-dir TRAIN --val-dir VAL --steps 2000 --eval-steps 250 500 1000 2000 \
-      --workdir workdirs/entropy_benchmark \
-      --output experiments/results/entropy_benchmark
+  python -m experiments.entropy_benchmark --model m2t-small-l0.0025 \
+      --train-dir TRAIN --images VAL --train-steps 2000 --eval-steps 250 500 1000 2000 \
+      [--runs-dir workdirs/entropy_benchmark] \
+      [--output-dir out/entropy_benchmark] [--output-name entropy_benchmark]
 
-Each entry of --models is ``kind[:S=n][:field=value...]`` on the --size config
+--model is the source of the frozen autoencoder (a saved-model folder or a
+shipped name, which the trainer's config.init_from reads). Each entry of
+--entropy-models is ``kind[:S=n][:field=value...]`` on the --size config
 (``m2t:S=4`` sets schedule.num_steps = 4 for training and coding; MT is trained
-once with random masks and coded at every S of --mt-steps). Each is trained with
-``python -m m2t_jax.train --config.train_part=entropy --config.init_from=SOURCE``
-(``m2t_jax/train/frozen.py``) in its own workdir under --workdir, so an
+once with random masks and coded at every S of --mt-decode-steps). Each is trained with
+``python -m m2t_jax.train --config.train_part=entropy --config.init_from=MODEL``
+(``m2t_jax/train/frozen.py``) in its own workdir under --runs-dir, so an
 interrupted benchmark resumes where it stopped and a finished model is not
 trained again (nor evaluated again: ``workdir/eval_STEP.json``; the outputs are
 rewritten after every model). All models then code the *same* y_hat: their reconstructions are
@@ -24,13 +26,13 @@ image, and the entropy model's parameter count. The ranking at each evaluated
 step, its Kendall's tau against the last step's order and the first step from
 which the order no longer changes show how many steps the ranking needs; per
 photo wins of each adjacent pair say how firmly the last order holds. Writes
-JSON (--output.json), a markdown table (.md) and a bpp-vs-decode-time plot (.png).
+JSON, a markdown table (.md) and a bpp-vs-decode-time plot (.png), each
+``<output-name>.*`` in ``--output-dir``.
 
 A kind may offer decode variants through ``EntropyCoder.compress(...,
 size_schedule=...)`` (nested M2T); pass them as ``--variants kind=name,name``.
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -43,11 +45,9 @@ import jax
 import numpy as np
 from scipy.stats import kendalltau
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_decode  # noqa: E402
-
-from m2t_jax import Codec, images, train  # noqa: E402
-from m2t_jax.entropy import patches  # noqa: E402
+from experiments import bench_decode, common
+from m2t_jax import Codec, train
+from m2t_jax.entropy import patches
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
@@ -57,7 +57,7 @@ def parse_model(spec: str) -> tuple[str, dict]:
   for field in fields:
     key, _, value = field.partition("=")
     if not value:
-      raise SystemExit(f"--models {spec!r}: expected key=value after the kind")
+      raise SystemExit(f"--entropy-models {spec!r}: expected key=value after the kind")
     overrides["schedule.num_steps" if key == "S" else key] = value
   return kind, overrides
 
@@ -65,29 +65,28 @@ def parse_model(spec: str) -> tuple[str, dict]:
 def train_model(spec, args, workdir) -> None:
   """Trains (or resumes) one model; does nothing when its last step exists."""
   kind, overrides = parse_model(spec)
-  if train.latest_step(workdir) == args.steps:
+  if train.latest_step(workdir) == args.train_steps:
     return
   every = int(np.gcd.reduce(args.eval_steps))
   cmd = [sys.executable, "-m", "m2t_jax.train",
          f"--config=m2t_jax/configs/{kind}.py:{args.size}", f"--workdir={workdir}",
-         "--config.train_part=entropy", f"--config.init_from={args.source}",
+         "--config.train_part=entropy", f"--config.init_from={args.model}",
          # Every kind's entropy model starts from its initial values: the source's
          # own entropy model would give its kind (and MT, which shares names) a
          # head start. Only the frozen autoencoder comes from --source.
          "--config.init_entropy_model=False",
-         f"--config.data.train_dir={args.train_dir}", f"--config.num_steps={args.steps}",
+         f"--config.data.train_dir={args.train_dir}", f"--config.num_steps={args.train_steps}",
          f"--config.batch_size={args.batch_size}",
          f"--config.learning_rate={args.learning_rate}",
          f"--config.warmup_steps={args.warmup_steps}",
          f"--config.checkpoint_every={every}",
          # every checkpoint (gcd spacing), so each evaluated step is still there
-         f"--config.keep_checkpoints={args.steps // every + 1}",
+         f"--config.keep_checkpoints={args.train_steps // every + 1}",
          "--config.eval_every=0", "--config.log_every=50",
          *(f"--config.{k}={v}" for k, v in overrides.items())]
   print("+", " ".join(cmd), file=sys.stderr, flush=True)
   t0 = time.time()
-  proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))))
+  proc = subprocess.Popen(cmd, cwd=common.ROOT)
   # A SIGTERM to the benchmark reaches its trainer, which saves and exits;
   # without this the trainer would run on, orphaned, after the benchmark died.
   previous = signal.signal(signal.SIGTERM,
@@ -101,9 +100,9 @@ def train_model(spec, args, workdir) -> None:
   with open(os.path.join(workdir, "train_time.json"), "a") as f:  # one line per run
     f.write(json.dumps({"seconds": time.time() - t0, "device": jax.devices()[0].device_kind})
             + "\n")
-  if train.latest_step(workdir) != args.steps:  # preempted: saved, not done
+  if train.latest_step(workdir) != args.train_steps:  # preempted: saved, not done
     raise SystemExit(f"Training {spec!r} stopped at step {train.latest_step(workdir)}"
-                     f" of {args.steps}; the same command resumes it.")
+                     f" of {args.train_steps}; the same command resumes it.")
 
 
 def saved_steps(workdir) -> list[int]:
@@ -173,7 +172,7 @@ def timings(codec, image, repeats: int, variant=None) -> dict:
 def rows_for(spec, args, workdir, photos, final: bool, step: int, variants) -> list:
   kind, _ = parse_model(spec)
   config, params = train.checkpoint_model(workdir, step)
-  steps_list = args.mt_steps if kind == "mt" else [config.schedule.num_steps]
+  steps_list = args.mt_decode_steps if kind == "mt" else [config.schedule.num_steps]
   rows = []
   for s in steps_list:
     config.schedule.num_steps = s
@@ -245,8 +244,8 @@ def photo_wins(rows, step) -> list[str]:
 def markdown(rows, photos, args) -> str:
   last = [r for r in rows if r["step"] == max(args.eval_steps)]
   mt = {r["S"]: r["bpp"] for r in last if r["kind"] == "mt"}
-  lines = [f"Validation photos: {', '.join(n for n, _ in photos)}; {args.steps} steps "
-           f"of batch {args.batch_size} on the latents of {args.source}.", "",
+  lines = [f"Validation photos: {', '.join(n for n, _ in photos)}; {args.train_steps} steps "
+           f"of batch {args.batch_size} on the latents of {args.model}.", "",
            "| model | S | bpp (mean) | min..max | Δ vs MT same S | transformer s (photo 1) | "
            "full decode s (photo 1) | decode GFLOPs (photo 1) | entropy params |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -295,38 +294,46 @@ def plot(rows, path, last_step):
   fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--source", required=True, help="frozen autoencoder: model folder or "
-                 "shipped name")
-  p.add_argument("--train-dir", required=True)
-  p.add_argument("--val-dir", required=True)
-  p.add_argument("--models", nargs="+", default=[
+def build_parser():
+  p = common.parser("entropy_benchmark", __doc__)
+  common.add(p, "--model", required=True,
+             detail="its frozen autoencoder gives the latents (a saved-model folder or a "
+                    "shipped name: the trainer's config.init_from)")
+  common.add(p, "--train-dir", required=True)
+  common.add(p, "--images", required=True, detail="the validation photos")
+  common.add(p, "--entropy-models", nargs="+", default=[
       "mt", "m2t:S=4", "m2t:S=8", "m2t:S=12", "grouped", "nested"])
-  p.add_argument("--variants", nargs="*", default=["nested=full,fast"],
-                 help="kind=variant,variant: decode variants (size schedules)")
-  p.add_argument("--mt-steps", nargs="+", type=int, default=[4, 8, 12])
-  p.add_argument("--size", default="small")
-  p.add_argument("--steps", type=int, default=2000)
-  p.add_argument("--eval-steps", nargs="+", type=int, default=None)
-  p.add_argument("--batch-size", type=int, default=16)
-  p.add_argument("--learning-rate", type=float, default=3e-4)
-  p.add_argument("--warmup-steps", type=int, default=100)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--workdir", default="workdirs/entropy_benchmark")
-  p.add_argument("--output", default="experiments/results/entropy_benchmark")
-  p.add_argument("--skip-train", action="store_true", help="evaluate what exists")
-  args = p.parse_args(argv)
-  args.eval_steps = sorted(set(args.eval_steps or [args.steps]) | {args.steps})
+  common.add(p, "--variants", nargs="*", default=["nested=full,fast"])
+  common.add(p, "--mt-decode-steps", nargs="+", type=int, default=[4, 8, 12])
+  common.add(p, "--size", default="small")
+  common.add(p, "--train-steps", type=int, default=2000)
+  common.add(p, "--eval-steps", nargs="+", type=int, default=None,
+             detail="default: --train-steps")
+  common.add(p, "--batch-size", type=int, default=16)
+  common.add(p, "--learning-rate", type=float, default=3e-4)
+  common.add(p, "--warmup-steps", type=int, default=100)
+  common.add(p, "--repeats", type=int, default=3)
+  common.add(p, "--runs-dir", default="workdirs/entropy_benchmark")
+  common.add(p, "--skip-train", action="store_true")
+  common.add_output(p, "entropy_benchmark")
+  return p
+
+
+def main(argv=None):
+  args = common.parse(build_parser(), argv)
+  form = common.resolve_model(args.model).form  # fails now, not after hours of training
+  if form not in ("folder", "shipped"):
+    raise SystemExit(f"--model {args.model!r}: the trainer's config.init_from takes a "
+                     f"saved-model folder or a shipped name, not a {form} model")
+  args.eval_steps = sorted(set(args.eval_steps or [args.train_steps]) | {args.train_steps})
   variants = {}
   for item in args.variants:
     kind, _, names = item.partition("=")
     variants[kind] = names.split(",")
-  photos = [(os.path.basename(f), images.load_image(f))
-            for f in images.list_images(args.val_dir)]
+  photos = common.load_images(args)
   rows = []
-  for spec in args.models:
-    workdir = os.path.join(args.workdir, spec.replace(":", "_").replace("=", ""))
+  for spec in args.entropy_models:
+    workdir = os.path.join(args.runs_dir, spec.replace(":", "_").replace("=", ""))
     if not args.skip_train:
       train_model(spec, args, workdir)
     for step in args.eval_steps:
@@ -339,7 +346,7 @@ def evaluated_rows(spec, args, workdir, photos, step, variants) -> list:
   """``rows_for``, cached in ``workdir/eval_STEP.json`` (keyed by the validation
   photos and whether timings were taken), so that a resumed benchmark does not
   evaluate a model again. The decoded image is kept as its SHA-256."""
-  final = step == args.steps
+  final = step == args.train_steps
   key = {"validation": [n for n, _ in photos], "timed": final}
   path = os.path.join(workdir, f"eval_{step}.json")
   if os.path.exists(path):
@@ -359,19 +366,17 @@ def evaluated_rows(spec, args, workdir, photos, step, variants) -> list:
 def write_outputs(rows, photos, args) -> None:
   shas = {r["reconstruction_sha256"] for r in rows if r.get("reconstruction_sha256")}
   same = len(shas) == 1  # every timed model decoded photo 1 to the same image
-  record = {"source": args.source, "size": args.size, "steps": args.steps,
+  record = {"source": args.model, "size": args.size, "steps": args.train_steps,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "validation": [n for n, _ in photos], "device": jax.devices()[0].device_kind,
             "same_reconstruction": same,
             "reconstructions_compared": sum(bool(r.get("reconstruction_sha256")) for r in rows),
             "rows": rows}
-  os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-  with open(args.output + ".json", "w") as f:
-    json.dump(record, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), record, args)
   text = markdown(rows, photos, args)
-  with open(args.output + ".md", "w") as f:
+  with open(common.output_path(args, ".md"), "w") as f:
     f.write(text)
-  plot(rows, args.output + ".png", args.steps)
+  plot(rows, common.output_path(args, ".png"), args.train_steps)
   print(text, flush=True)
 
 

@@ -1,6 +1,6 @@
 """Fuzzing the decoder: mutated streams of every model kind, each under a time limit.
 
-  python experiments/fuzz.py --mutations 10000 --output experiments/results/fuzz.json
+  python -m experiments.fuzz --mutations 10000 [--output-dir out/fuzz]
 
 For every registered kind (random tiny models: the checks do not depend on the
 weights), a few real streams (photo crops of several sizes, a 1x1 image and an
@@ -28,10 +28,10 @@ Compilation is excluded from the time limit: the forged sizes come from a fixed
 list and every shape is compiled once (by decoding a valid stream of it) before
 timing starts; a first decode at a new size pays XLA compilation, which is not
 what this measures. Prints and saves counts by outcome and family, the slowest
-case and its mutation.
+case and its mutation (``<output-dir>/fuzz.json``); exits with status 1 when any
+mutation failed.
 """
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -45,6 +45,7 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from m2t_jax import BitstreamError, Codec, get_config
 from m2t_jax.app import demo
 from m2t_jax.codec import latent_size
@@ -250,23 +251,24 @@ def run(mutations: int, seed: int = 0, time_limit: float = 5.0,
           "failure_examples": failures}
 
 
+def build_parser():
+  p = common.parser("fuzz", __doc__)
+  common.add(p, "--mutations", type=int, default=10000)
+  common.add(p, "--seed", type=int, default=0)
+  common.add(p, "--time-limit", type=float, default=5.0)
+  common.add(p, "--kinds", nargs="*", default=None)
+  common.add_output(p, "fuzz")
+  return p
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--mutations", type=int, default=10000)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per decode")
-  parser.add_argument("--kinds", nargs="*", default=None, help="default: every kind")
-  parser.add_argument("--output", default="experiments/results/fuzz.json")
-  args = parser.parse_args(argv)
+  args = common.parse(build_parser(), argv)
   import jax  # noqa: PLC0415
   report = run(args.mutations, args.seed, args.time_limit, args.kinds)
   report["device"] = f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, JAX {jax.__version__}"
-  report["command"] = "python experiments/fuzz.py " + " ".join(argv or sys.argv[1:])
+  report["command"] = common.command(args)
   print(json.dumps({k: v for k, v in report.items() if k != "failure_examples"}, indent=1))
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), report, args)
   return 1 if report["failures"] else 0
 
 

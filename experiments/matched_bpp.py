@@ -1,39 +1,38 @@
 """JPEG and WebP at the bpp of a shipped model, per image of a folder.
 
-  python experiments/matched_bpp.py --model m2t-small-l0.0025 --images VAL_DIR \
-      --output out/matched_bpp.json
+  python -m experiments.matched_bpp --model m2t-small-l0.0025 --images VAL_DIR \
+      [--output-dir out/matched_bpp]
 
 For each image: the model's real bpp and PSNR (compress/decompress), and JPEG /
 WebP at the quality whose bpp is closest (``demo.matched_quality``). With a
 single RD point per model a BD-rate is not defined; this is the comparison that
-is. Prints a markdown table (means in the last row) and writes JSON.
+is. Prints a markdown table (means in the last row) and writes
+``<output-dir>/matched_bpp.json``.
 """
-
-import argparse
-import json
-import os
 
 import numpy as np
 
-from m2t_jax import Codec
+from experiments import common
 from m2t_jax.app import demo
-from m2t_jax.evaluation import metrics, rd
+from m2t_jax.evaluation import metrics
+
+
+def build_parser():
+  p = common.parser("matched_bpp", __doc__)
+  common.add(p, "--model", default=None, detail="default: the default shipped model")
+  common.add(p, "--images", required=True)
+  common.add_output(p, "matched_bpp")
+  return p
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default=None, help="shipped model name or folder")
-  parser.add_argument("--images", required=True)
-  parser.add_argument("--output", default="out/matched_bpp.json")
-  args = parser.parse_args(argv)
-  codec = Codec.load(args.model)
+  args = common.parse(build_parser(), argv)
+  codec = common.load_model(args.model)
   rows = []
-  for item in rd.folder_images(args.images):
-    image = item.load()
+  for image_name, image in common.load_images(args):
     pixels = image.shape[0] * image.shape[1]
     data = codec.compress(image)
-    row = {"image": item.name, "m2t_bpp": 8 * len(data) / pixels,
+    row = {"image": image_name, "m2t_bpp": 8 * len(data) / pixels,
            "m2t_psnr": metrics.psnr_rgb(image, codec.decompress(data))}
     for name in ("jpeg", "webp"):
       _, encoded, decoded = demo.matched_quality(image, name, row["m2t_bpp"])
@@ -46,9 +45,8 @@ def main(argv=None):
   for r in rows + [mean]:
     lines.append(f"| {r['image']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
   print("\n".join(lines))
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump({"model": codec.name, "rows": rows, "mean": mean}, f, indent=1)
+  common.write_json(common.output_path(args, ".json"),
+                    {"model": codec.name, "rows": rows, "mean": mean}, args)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Photos from outside our collection, for a second check nobody tuned to.
 
-    python experiments/outside_photos.py --output /tmp/outside
+    python -m experiments.outside_photos --output-dir /tmp/outside
 
 Writes scikit-image's natural colour photos (shipped inside its wheel, so no
-download) as 8-bit RGB PNGs into ``--output``, for ``m2t eval --images`` and
-``experiments/classical.py --images``. Why: our validation split is six photos
+download) as 8-bit RGB PNGs into ``--output-dir``, for ``m2t eval --images`` and
+``python -m experiments.classical --images``. Why: our validation split is six photos
 of the same Wikimedia collection as the training photos, and the shipped models
 are also judged on photos held back from us. These five come from other
 cameras and other hands (NASA, scikit-image's authors, public-domain stock),
@@ -17,11 +17,12 @@ astronomy images are left out, and motorcycle_right (the stereo pair's second
 view, nearly the left one).
 """
 
-import argparse
 import os
 import sys
 
 from PIL import Image
+
+from experiments import common
 
 # name -> skimage.data loader of the photo (uint8, H x W x 3)
 PHOTOS = {
@@ -33,18 +34,23 @@ PHOTOS = {
 }
 
 
+def build_parser():
+  p = common.parser("outside_photos", __doc__)
+  common.add(p, "--output-dir", default=os.path.join("out", "outside_photos"),
+             detail="NAME.png for each photo")
+  return p
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--output", required=True, help="folder to write NAME.png into")
-  args = p.parse_args(argv)
+  args = common.parse(build_parser(), argv)
   from skimage import data  # noqa: PLC0415
 
-  os.makedirs(args.output, exist_ok=True)
+  os.makedirs(args.output_dir, exist_ok=True)
   for name, load in PHOTOS.items():
     image = load(data)
     if image.ndim != 3 or image.shape[2] != 3:
       raise ValueError(f"skimage's {name} is not an RGB photo: shape {image.shape}.")
-    path = os.path.join(args.output, f"{name}.png")
+    path = os.path.join(args.output_dir, f"{name}.png")
     Image.fromarray(image).save(path)
     print(f"{path}: {image.shape[1]}x{image.shape[0]}")
   return 0

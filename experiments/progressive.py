@@ -1,7 +1,7 @@
 """Progressive decoding of one image (paper Fig. 6, and beyond it).
 
-  python experiments/progressive.py --checkpoint DIR --image photo.png \
-      --output out/progressive.json
+  python -m experiments.progressive --model m2t-small-l0.0025 --image photo.png \
+      [--output-dir out/progressive] [--output-name progressive]
 
 For k = 0..S: the image decoded from the first k groups of a real stream
 (``Codec.decompress(data, num_steps=k)``; later tokens are predicted mixture
@@ -10,17 +10,16 @@ entropy (bits, summed over channels) of the tokens not yet decoded: each is the
 entropy of the table its group would be coded with, when the steps run on from
 step k fed with predicted means. Also the schedule's group map of one patch.
 Writes JSON and a PNG figure (rows: reconstructions, entropy maps; and the
-group map).
+group map), ``<output-name>.json`` and ``.png`` in ``--output-dir``.
 """
 
-import argparse
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax import Codec, configs, images
+from experiments import common
+from m2t_jax import Codec, images
 from m2t_jax.evaluation import metrics
 from m2t_jax.coding.steps import CodingLoop
 from m2t_jax.entropy import gmm, patches, schedules
@@ -58,16 +57,17 @@ def group_map(config) -> np.ndarray | None:
   return groups.reshape(config.patch_size, config.patch_size)
 
 
+def build_parser():
+  p = common.parser("progressive", __doc__)
+  common.add(p, "--model", default=None, detail="default: the default shipped model")
+  common.add(p, "--image", default=None, detail="default: skimage's astronaut")
+  common.add_output(p, "progressive")
+  return p
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", default=None)
-  parser.add_argument("--config", default=None, help="random model, e.g. m2t:small")
-  parser.add_argument("--image", default=None, help="default: skimage's astronaut")
-  parser.add_argument("--output", default="out/progressive.json")
-  args = parser.parse_args(argv)
-  codec = (Codec.from_config(configs.load_config(args.config))
-           if args.config else Codec.load(args.checkpoint))
+  args = common.parse(build_parser(), argv)
+  codec = common.load_model(args.model)
   if args.image:
     image = images.read_rgb(args.image)[0]
   else:
@@ -86,9 +86,7 @@ def main(argv=None):
     print(json.dumps(records[-1]))
   out = {"model": codec.name, "bytes": len(stream), "image_shape": list(image.shape),
          "records": records}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(out, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), out, args)
   try:
     import matplotlib
     matplotlib.use("Agg")
@@ -111,7 +109,7 @@ def main(argv=None):
     ax.set_xticks([])
     ax.set_yticks([])
   fig.tight_layout()
-  fig.savefig(os.path.splitext(args.output)[0] + ".png", dpi=130)
+  fig.savefig(common.output_path(args, ".png"), dpi=130)
 
 
 if __name__ == "__main__":

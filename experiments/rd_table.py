@@ -1,11 +1,12 @@
 """BD-rate table and RD plot of results files against published curves.
 
-    python experiments/rd_table.py results.json [more.json ...] \
+    python -m experiments.rd_table results.json [more.json ...] \
         [--anchor vtm | path/to/anchor.json] [--dataset kodak] \
-        [--references default | all | none | NAME [NAME ...]] [--output out/rd_table]
+        [--references default | all | none | NAME [NAME ...]] \
+        [--output-dir out/rd_table] [--output-name rd_table]
 
 Inputs are CompressAI-schema results files (``m2t eval``, the per-codec files
-of ``experiments/classical.py``, CompressAI's own), or JSON lists of such
+of ``experiments.classical``, CompressAI's own), or JSON lists of such
 documents (``classical.py``'s combined file). Each document is one curve.
 
 For every curve (ours and the reference curves drawn beside them) the table
@@ -16,13 +17,13 @@ overlap (``m2t_jax.evaluation.bdrate``). Negative: fewer bits than the anchor at
 PSNR. A curve without overlap, or with too few points for a method, gets
 "n/a" and the reason.
 
-Writes ``<output>.md`` (markdown table), ``<output>.png`` (bpp vs PSNR-RGB,
-ours solid, references dashed) and ``<output>.json`` (the table's numbers).
+Writes ``<output-name>.md`` (markdown table), ``.png`` (bpp vs PSNR-RGB, ours
+solid, references dashed) and ``.json`` (the table's numbers) in ``--output-dir``.
 
 ``--per-image`` adds the spread behind the mean curves: each curve's BD-rate
 (PCHIP) against the anchor photo by photo, from the per-image files written
 beside the results (``X.per_image.json`` for ``m2t eval --output X.json``;
-``X.per_image.json`` filtered by codec for ``classical.py``'s ``X.CODEC.json``),
+``X.per_image.json`` filtered by codec for ``classical``'s ``X.CODEC.json``),
 with the mean, median and range over photos and how many photos it wins. The
 BD-rate of the mean curves is what the table above reports; a gain that only a
 few photos carry shows here. The anchor must then be a results file.
@@ -33,7 +34,6 @@ flagged in the table's notes; its BD-rate against Kodak VTM is then only an
 indication.
 """
 
-import argparse
 import glob
 import json
 import math
@@ -42,11 +42,10 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from experiments import common
+from m2t_jax.evaluation import bdrate, rd
 
-from m2t_jax.evaluation import bdrate, rd  # noqa: E402
-
+REPO = common.ROOT
 CURVES_DIR = os.path.join(REPO, "third_party", "rd_curves")
 # The curves in the reference README's orientation list (Kodak).
 DEFAULT_REFERENCES = {
@@ -264,21 +263,21 @@ def plot(path: str, ours: list[dict], references: list[dict], anchor: dict,
   plt.close(fig)
 
 
+def build_parser():
+  p = common.parser("rd_table", __doc__)
+  p.add_argument("results", nargs="*", help="CompressAI-schema results files")
+  common.add(p, "--dataset", default="kodak")
+  common.add(p, "--anchor", default="vtm")
+  common.add(p, "--references", nargs="+", default=["default"])
+  common.add(p, "--per-image", action="store_true",
+             detail="needs the per-image files beside the results and an anchor given "
+                    "as a results file")
+  common.add_output(p, "rd_table")
+  return p
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("results", nargs="*", help="CompressAI-schema results files")
-  parser.add_argument("--dataset", default="kodak",
-                      help="folder of third_party/rd_curves with the references")
-  parser.add_argument("--anchor", default="vtm", help="name in that folder, or a path")
-  parser.add_argument("--references", nargs="+", default=["default"],
-                      help="'default', 'all', 'none' or names/paths of published curves")
-  parser.add_argument("--per-image", action="store_true",
-                      help="also the BD-rate photo by photo (needs the per-image files "
-                           "beside the results and an anchor given as a results file)")
-  parser.add_argument("--output", default="rd_table",
-                      help="prefix of the .md, .png and .json outputs")
-  args = parser.parse_args(argv)
+  args = common.parse(build_parser(), argv)
 
   try:
     anchor = load_curves(reference_path(args.dataset, args.anchor))[0]
@@ -318,19 +317,16 @@ def main(argv=None) -> int:
   table = markdown(rows, anchor, args.dataset)
   if per_image:
     table += per_image_markdown(per_image, anchor["name"])
-  out_dir = os.path.dirname(os.path.abspath(args.output))
-  os.makedirs(out_dir, exist_ok=True)
-  with open(args.output + ".md", "w") as f:
+  stem = common.output_path(args, "")
+  with open(stem + ".md", "w") as f:
     f.write(table)
-  with open(args.output + ".json", "w") as f:
-    json.dump({"dataset": args.dataset, "anchor": {"name": anchor["name"],
-                                                   "file": anchor["file"]},
-               "rows": rows, **({"per_image": per_image} if per_image else {})},
-              f, indent=1)
-    f.write("\n")
-  plot(args.output + ".png", ours, references, anchor, args.dataset)
+  # BD-rates are pure arithmetic on the files: no accelerator to name.
+  common.write_json(stem + ".json", {
+      "dataset": args.dataset, "anchor": {"name": anchor["name"], "file": anchor["file"]},
+      "rows": rows, **({"per_image": per_image} if per_image else {})}, args, "CPU")
+  plot(stem + ".png", ours, references, anchor, args.dataset)
   print(table)
-  print(f"wrote {args.output}.md, {args.output}.png and {args.output}.json")
+  print(f"wrote {stem}.md, {stem}.png and {stem}.json")
   return 0
 
 

@@ -1,9 +1,9 @@
 """Encoder-side refinement settings compared photo by photo (real bytes).
 
-    python experiments/refine_sweep.py --model grouped-small-l0.0025 \
-        --images /tmp/val/037.png /tmp/val/038.png \
+    python -m experiments.refine_sweep --model grouped-small-l0.0025 \
+        --images /tmp/val --only 037.png 038.png \
         --settings 30:0.005:rounded 30:0.005:continuous 30:0.01:continuous \
-        --output experiments/results/refine_sweep.json
+        --output-dir experiments/results --output-name refine_sweep
 
 For each photo and each setting STEPS:LEARNING_RATE:RATE_TARGET (``RefineSettings``;
 lambda: the model's), prints and saves the RD loss L = bpp + lambda * MSE (the
@@ -13,19 +13,15 @@ encoding seconds (refinement included, compiled per photo size; the first
 setting of each photo pays the compilation).
 """
 
-import argparse
-import json
 import os
-import sys
 import time
 
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from m2t_jax import Codec, images, refine  # noqa: E402
-from m2t_jax import model as model_lib  # noqa: E402
-from m2t_jax.evaluation import metrics  # noqa: E402
+from experiments import common
+from m2t_jax import images, refine
+from m2t_jax import model as model_lib
+from m2t_jax.evaluation import metrics
 
 
 def parse_setting(text: str) -> refine.RefineSettings:
@@ -47,16 +43,21 @@ def measure(codec, image, settings) -> dict:
           "encoding_s": seconds}
 
 
+def build_parser():
+  p = common.parser("refine_sweep", __doc__)
+  common.add(p, "--model", default=None, detail="default: the default shipped model")
+  common.add(p, "--images", required=True)
+  common.add(p, "--only", nargs="+", default=None)
+  common.add(p, "--settings", nargs="+", required=True)
+  common.add_output(p, "refine_sweep")
+  return p
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--model", default=None, help="shipped name or model folder")
-  p.add_argument("--images", nargs="+", required=True)
-  p.add_argument("--settings", nargs="+", required=True, help="STEPS:LR:RATE_TARGET")
-  p.add_argument("--output", required=True)
-  args = p.parse_args(argv)
-  codec = Codec.load(args.model)
+  args = common.parse(build_parser(), argv)
+  codec = common.load_model(args.model)
   rows = []
-  for path in args.images:
+  for path in common.image_paths(args):
     image, _ = images.read_rgb(path)
     plain = measure(codec, image, 0)
     for text in args.settings:
@@ -70,9 +71,9 @@ def main(argv=None) -> int:
       print(f"{row['image']} {text}: loss {row['loss_change_pct']:+.2f}%, bpp "
             f"{row['bpp_change_pct']:+.2f}%, PSNR {row['psnr_change_db']:+.3f} dB, "
             f"encode {refined['encoding_s']:.1f} s", flush=True)
-  with open(args.output, "w") as f:
-    json.dump({"model": codec.name, "lmbda": float(codec.config.lmbda), "rows": rows}, f,
-              indent=1)
+  common.write_json(common.output_path(args, ".json"),
+                    {"model": codec.name, "lmbda": float(codec.config.lmbda), "rows": rows},
+                    args)
   return 0
 
 

@@ -1,34 +1,24 @@
 """Schedule ablation (paper Fig. 5): MT's real coding cost vs alpha, S and order.
 
-  python experiments/schedule_ablation.py --checkpoint DIR --images DIR \
-      --output out/schedule_ablation.json
+  python -m experiments.schedule_ablation --model mt-small-l0.0025 --images DIR \
+      [--output-dir out/schedule_ablation] [--output-name schedule_ablation]
 
-For an MT model (a folder written by Codec.save, or ``--config mt:small`` for
-random weights), every alpha in --alphas, S in --steps and order in --orders
+For an MT model (``--model``: e.g. a shipped MT, or ``mt:small`` for random
+weights), every alpha in --alphas, S in --decode-steps and order in --orders
 (qlds, random, entropy): the bits of y_hat under the S decode passes, i.e. what
 the range coder pays up to table quantisation (``Codec.estimate`` for MT), as bpp
 averaged over the images. MT is trained with random masks, so one model serves
 every schedule. Writes JSON, a markdown table (.md) and a PNG plot (.png).
 """
 
-import argparse
-import glob
 import json
-import os
 import sys
 
 import ml_collections
 import numpy as np
 
-from m2t_jax import Codec, configs, images
-
-
-def _load_images(folder, max_images):
-  paths = sorted(p for ext in ("png", "jpg", "jpeg", "PNG", "JPG")
-                 for p in glob.glob(os.path.join(folder, f"*.{ext}")))[:max_images]
-  if not paths:
-    raise SystemExit(f"no PNG/JPEG images in {folder!r}")
-  return [(os.path.basename(p), images.read_rgb(p)[0]) for p in paths]
+from experiments import common
+from m2t_jax import Codec
 
 
 def _sample_images(max_images):
@@ -86,35 +76,32 @@ def _plot(records, path):
   fig.savefig(path, dpi=120)
 
 
+def build_parser():
+  p = common.parser("schedule_ablation", __doc__)
+  common.add(p, "--model", default="mt", detail="an MT model")
+  common.add(p, "--images", default=None, detail="default: skimage's sample photos")
+  common.add(p, "--max-images", type=int, default=8)
+  common.add(p, "--alphas", type=float, nargs="+", default=[1.0, 1.5, 2.2, 3.0, 4.0])
+  common.add(p, "--decode-steps", type=int, nargs="+", default=[2, 4, 8, 12])
+  common.add(p, "--orders", nargs="+", default=["qlds", "random", "entropy"])
+  common.add_output(p, "schedule_ablation")
+  return p
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", default=None, help="MT model folder (Codec.save)")
-  parser.add_argument("--config", default=None, help="random MT model, e.g. mt:small")
-  parser.add_argument("--images", default=None, help="folder; default: skimage photos")
-  parser.add_argument("--max-images", type=int, default=8)
-  parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.5, 2.2, 3.0, 4.0])
-  parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 12])
-  parser.add_argument("--orders", nargs="+", default=["qlds", "random", "entropy"])
-  parser.add_argument("--output", default="out/schedule_ablation.json")
-  args = parser.parse_args(argv)
-  if args.config:
-    base = Codec.from_config(configs.load_config(args.config))
-  else:
-    base = Codec.load(args.checkpoint)
+  args = common.parse(build_parser(), argv)
+  base = common.load_model(args.model)
   if base.config.model != "mt":
     raise SystemExit("the schedule ablation needs an MT model (M2T is trained for one schedule)")
-  imgs = _load_images(args.images, args.max_images) if args.images else _sample_images(
-      args.max_images)
-  records = run(base, imgs, args.alphas, args.steps, args.orders)
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump({"model": base.name, "images": [n for n, _ in imgs], "records": records}, f,
-              indent=1)
+  imgs = common.load_images(args) if args.images else _sample_images(args.max_images)
+  records = run(base, imgs, args.alphas, args.decode_steps, args.orders)
+  common.write_json(common.output_path(args, ".json"),
+                    {"model": base.name, "images": [n for n, _ in imgs], "records": records},
+                    args)
   table = _markdown(records, args.alphas)
-  with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+  with open(common.output_path(args, ".md"), "w") as f:
     f.write(table + "\n")
-  _plot(records, os.path.splitext(args.output)[0] + ".png")
+  _plot(records, common.output_path(args, ".png"))
   print(table)
   return np.mean([r["bpp"] for r in records])
 

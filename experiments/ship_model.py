@@ -1,21 +1,23 @@
 """Ship a trained model inside the package (m2t_jax/models) with its manifest entry.
 
-  python experiments/ship_model.py --workdir /tmp/train/m2t_small \
-      --name m2t-small-l0.0025 --val-dir VAL_DIR --data "photos 001-034" \
-      --hours 1.1 --device "2-core CPU" [--default] [--steps-before N]
+  python -m experiments.ship_model --model /tmp/train/m2t_small \
+      --name m2t-small-l0.0025 --images VAL_DIR --data "photos 001-034" \
+      --hours 1.1 --device "2-core CPU" [--default] [--train-steps-before N]
 
-  python experiments/ship_model.py --model SAVED_MODEL_DIR --name m2t-small-l0.006 \
-      --steps N --val-dir VAL_DIR --data ... --hours 0.1 --device "one H100"
+  python -m experiments.ship_model --model SAVED_MODEL_DIR --name m2t-small-l0.006 \
+      --train-steps N --images VAL_DIR --data ... --hours 0.1 --device "one H100"
 
-  python experiments/ship_model.py --remeasure m2t-small-l0.0025 --val-dir VAL_DIR \
+  python -m experiments.ship_model --remeasure m2t-small-l0.0025 --images VAL_DIR \
       --device "2-core CPU"
 
-Takes the latest checkpoint of a training workdir (its config.json and orbax
-checkpoint), or a saved model folder (``--model``: config.json + params.npz, as
-a GPU run brings back; its step count is given with ``--steps``), stores the
+Takes (``--model``) the latest checkpoint of a training workdir (its config.json
+and orbax checkpoint, even when the run exported a model), or a saved model
+folder (config.json + params.npz, as a GPU run brings back; its step count is
+given with ``--train-steps``), stores the
 parameters as float16 (codec.save_params), loads them back exactly as
 ``Codec.load`` does, and measures the validation images with real bytes
-(``rd.evaluate_image``): per-image and mean bpp and PSNR go into the manifest,
+(``rd.evaluate_image``) on the images of ``--images``: per-image and mean bpp and
+PSNR go into the manifest,
 with the same figures for scikit-image's sample photos (for the regression test)
 and the fingerprint of the shipped parameters.
 
@@ -29,15 +31,14 @@ the container or the fingerprint: same weights, new bytes) and replaces only its
 validation, sample and fingerprint fields, noting when and where.
 """
 
-import argparse
 import json
 import os
 
 import ml_collections
 import numpy as np
 
-from m2t_jax import Codec, saved_model
-from m2t_jax import get_config, models, train
+from experiments import common
+from m2t_jax import Codec, get_config, model_source, models, saved_model, train
 from m2t_jax.coding import bitstream
 from m2t_jax.evaluation import rd
 
@@ -100,31 +101,39 @@ def remeasure(name, val_dir, device):
         f"{entry['validation']['psnr']:.3f} dB, fingerprint {entry['fingerprint']}")
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir")
-  parser.add_argument("--model", help="saved model folder instead of --workdir")
-  parser.add_argument("--steps", type=int, default=0,
-                      help="training steps of the --model run (a folder has no step)")
-  parser.add_argument("--name")
-  parser.add_argument("--remeasure", metavar="NAME", default=None,
-                      help="re-measure the shipped model NAME (no workdir needed)")
-  parser.add_argument("--val-dir", required=True)
-  parser.add_argument("--data", default="")
-  parser.add_argument("--hours", type=float, default=None)
-  parser.add_argument("--device", default="")
-  parser.add_argument("--default", action="store_true")
-  parser.add_argument("--steps-before", type=int, default=0,
-                      help="training steps of the model the run was warm-started from "
-                           "(config.init_from); the manifest counts them in")
-  args = parser.parse_args(argv)
-  if args.remeasure:
-    return remeasure(args.remeasure, args.val_dir, args.device)
-  if not ((args.workdir or args.model) and args.name):
-    parser.error("--workdir or --model, and --name, are required (or --remeasure NAME)")
+def build_parser():
+  p = common.parser("ship_model", __doc__)
+  common.add(p, "--model", default=None,
+             detail="a training workdir (its latest checkpoint) or a saved-model folder")
+  common.add(p, "--train-steps", type=int, default=0,
+             detail="of a saved-model folder's run (a folder records none)")
+  common.add(p, "--train-steps-before", type=int, default=0,
+             detail="the manifest counts them in")
+  common.add(p, "--name", default=None)
+  common.add(p, "--remeasure", metavar="NAME", default=None,
+             detail="no --model needed")
+  common.add(p, "--images", required=True, detail="the validation images")
+  common.add(p, "--data", default="")
+  common.add(p, "--hours", type=float, default=None)
+  common.add(p, "--device", default="")
+  common.add(p, "--default", action="store_true")
+  return p
 
-  with open(os.path.join(args.workdir or args.model, "config.json")) as f:
+
+def main(argv=None):
+  parser = build_parser()
+  args = common.parse(parser, argv)
+  if args.remeasure:
+    return remeasure(args.remeasure, args.images, args.device)
+  if not (args.model and args.name):
+    parser.error("--model and --name are required (or --remeasure NAME)")
+  source = model_source.resolve(args.model)
+  if source.form not in ("folder", "workdir-model", "workdir-checkpoint"):
+    parser.error(f"--model {args.model!r}: a training workdir or a saved-model folder "
+                 f"is shipped, not a {source.form} model")
+  workdir = source.spec if source.form.startswith("workdir") else None
+
+  with open(os.path.join(workdir or source.path, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   # Fields added to the code after the run started (e.g. gmm.narrow_radius)
   # take today's defaults for its model and size; the evaluation below measures
@@ -143,22 +152,22 @@ def main(argv=None):
     print(f"{config.train_part} trained on the frozen autoencoder of {config.init_from}: "
           f"lambda {config.lmbda} -> {source_lmbda}")
     config.lmbda = source_lmbda
-  if args.model:
-    _, params = saved_model.load_params(args.model)
-    state = {"params": params, "step": args.steps}
+  if workdir is None:
+    _, params = saved_model.load_params(source.path)
+    state = {"params": params, "step": args.train_steps}
   else:
-    state = train.load_checkpoint(args.workdir)
+    state = train.load_checkpoint(workdir)
   folder = args.name.replace(".", "_")
   path = os.path.join(models.MODELS_DIR, folder)
   saved_model.save_params(path, config, state["params"], dtype=np.float16)
   codec = Codec.load(path)
-  per_image, samples = _measure(codec, args.val_dir)
+  per_image, samples = _measure(codec, args.images)
   if config.get("init_from"):
-    print(f"warm-started from {config.init_from}: {args.steps_before} steps counted before "
-          f"this run's {int(state['step'])} (--steps-before)")
+    print(f"warm-started from {config.init_from}: {args.train_steps_before} steps counted "
+          f"before this run's {int(state['step'])} (--train-steps-before)")
   entry = {
       "kind": config.model, "size": config.size, "lmbda": config.lmbda,
-      "training_steps": args.steps_before + int(state["step"]),
+      "training_steps": args.train_steps_before + int(state["step"]),
       "training_hours": args.hours,
       "device": args.device, "data": args.data, "folder": folder,
       "validation": _validation(per_image),
@@ -166,7 +175,7 @@ def main(argv=None):
       "fingerprint": codec.fingerprint.hex(),
   }
   if config.get("init_from"):
-    entry["warm_started_from"] = {"model": config.init_from, "steps": args.steps_before}
+    entry["warm_started_from"] = {"model": config.init_from, "steps": args.train_steps_before}
   if frozen_run:
     entry["train_part"] = config.train_part  # the rest is init_from's, frozen
   manifest = models.manifest()

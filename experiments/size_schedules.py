@@ -1,7 +1,7 @@
 """Rate and decode cost of every size schedule of a nested model, without decoding.
 
-  python experiments/size_schedules.py --checkpoint workdirs/nested_small/model \
-      --images VAL_DIR --output experiments/results/size_schedules_small
+  python -m experiments.size_schedules --model workdirs/nested_small \
+      --images VAL_DIR [--output-dir out/size_schedules] [--output-name size_schedules]
 
 One teacher-forced pass per image (``NestedM2T.exit_bits``) gives the bits of
 every exit for every element; summed per decode step they give the estimated
@@ -10,7 +10,7 @@ them), because a cached decode of a schedule pays exactly the teacher-forced
 bits of its exits (``tests/test_nested.py``). Estimated bpp = (bits + 8 x the
 stream's header bytes) / pixels, the mean over the images (and min/max).
 
-Cost, on the first image's patches (or --time-image-size, a tiled photo): every
+Cost, on the first image's patches (or --image-size, a tiled photo): every
 decode step of width G at exit e costs the same whatever its index (a padded
 step attends over the whole cache buffer), so each (G, e) is compiled once,
 timed (median of --repeats) and costed by XLA (FLOPs); a schedule's predicted
@@ -21,27 +21,22 @@ are then decoded for real: transformer steps alone (``bench_decode``'s loop) and
 bpp is printed beside the estimate.
 
 Prints the Pareto front (estimated bpp vs predicted transformer time) and
-writes JSON (--output.json), markdown (.md) and a PNG.
+writes JSON, markdown (.md) and a PNG (``<output-name>.*`` in ``--output-dir``).
 """
 
-import argparse
 import itertools
 import json
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_decode  # noqa: E402
-
-from m2t_jax import Codec, configs, images  # noqa: E402
-from m2t_jax.coding import bitstream  # noqa: E402
-from m2t_jax.entropy import patches  # noqa: E402
+from experiments import bench_decode, common
+from m2t_jax.coding import bitstream
+from m2t_jax.entropy import patches
 
 
 def admissible(num_steps: int, num_exits: int) -> list[tuple]:
@@ -119,42 +114,33 @@ def measure(codec, schedule, image, tokens, valid, repeats: int) -> dict:
           "bytes": len(data)}
 
 
+def build_parser():
+  p = common.parser("size_schedules", __doc__)
+  common.add(p, "--model", required=True, detail="a nested model (e.g. nested:small: "
+             "random weights)")
+  common.add(p, "--images", required=True)
+  common.add(p, "--max-images", type=int, default=0)
+  common.add(p, "--image-size", default=None, detail="default: the first image")
+  common.add(p, "--measure", nargs="*", default=None,
+             detail="default: full fast smallest and the Pareto front")
+  common.add(p, "--repeats", type=int, default=3)
+  common.add_output(p, "size_schedules")
+  return p
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", default=None,
-                 help="a nested model folder, or a training workdir (latest checkpoint)")
-  p.add_argument("--config", default=None, help="random weights instead, e.g. nested:small")
-  p.add_argument("--images", required=True, help="folder of images (PNG/JPEG)")
-  p.add_argument("--max-images", type=int, default=0)
-  p.add_argument("--time-image-size", default=None,
-                 help="WxH of a tiled photo to time on (default: the first image)")
-  p.add_argument("--measure", nargs="*", default=None,
-                 help="schedules to decode for real (default: full fast smallest "
-                      "and the Pareto front)")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--output", default="out/size_schedules")
-  args = p.parse_args(argv)
-  if bool(args.checkpoint) == bool(args.config):
-    raise SystemExit("give --checkpoint or --config")
-  if args.config:
-    codec = Codec.from_config(configs.load_config(args.config))
-  elif os.path.isfile(os.path.join(args.checkpoint, "params.npz")):
-    codec = Codec.load(args.checkpoint)
-  else:  # a training workdir: its latest checkpoint
-    from m2t_jax import train  # noqa: PLC0415
-    codec = Codec(*train.checkpoint_model(args.checkpoint))
+  args = common.parse(build_parser(), argv)
+  codec = common.load_model(args.model)
   model = codec.entropy_model
   if not hasattr(model, "exit_bits"):
     raise SystemExit(f"{codec.name} has one model size: no size schedules")
-  paths = images.list_images(args.images)[:args.max_images or None]
-  photos = [(os.path.basename(p), images.read_rgb(p)[0]) for p in paths]
+  photos = common.load_images(args)
   steps, exits = model.num_steps, model.num_exits
   per_image = {name: step_bits(codec, image) for name, image in photos}
   pixels = {name: image.shape[0] * image.shape[1] for name, image in photos}
 
-  timing_image = (bench_decode._photo(*map(int, args.time_image_size.split("x")))
-                  if args.time_image_size else photos[0][1])
+  timing_image = (bench_decode._photo(*map(int, args.image_size.split("x")))
+                  if args.image_size else photos[0][1])
   tokens, valid = bench_decode._tokens(codec, timing_image)
   valid = np.asarray(valid)
   costs = step_costs(codec, tokens, valid, args.repeats)
@@ -188,7 +174,7 @@ def main(argv=None):
   for row in rows:
     row.update(measured.get(row["schedule"], {}))
 
-  out = {"argv": sys.argv[1:] if argv is None else argv, "model": codec.name,
+  out = {"argv": args.argv, "model": codec.name,
          "exit_layers": list(model.exit_layers), "steps": steps,
          "images": sorted(per_image), "timing_image": list(timing_image.shape[:2]),
          "named": {n: ",".join(map(str, model.resolve_size_schedule(n)))
@@ -198,9 +184,7 @@ def main(argv=None):
          "step_costs": [{"width": w, "exit": e, "seconds": s, "gflops": f and f / 1e9}
                         for (w, e), (s, f) in sorted(costs.items())],
          "pareto": [r["schedule"] for r in front], "schedules": rows}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
-  with open(args.output + ".json", "w") as f:
-    json.dump(out, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), out, args)
   cols = ["schedule", "bpp_est", "bpp_vs_full_pct", "predicted_transformer_s",
           "time_vs_full", "transformer_gflops", "transformer_s", "full_decode_s", "real_bpp"]
   shown = [r for r in rows if r in front or r["schedule"] in measured]
@@ -212,7 +196,7 @@ def main(argv=None):
     lines.append("| " + " | ".join(
         (f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")))
         for c in cols) + " |")
-  with open(args.output + ".md", "w") as f:
+  with open(common.output_path(args, ".md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
   try:
@@ -233,7 +217,7 @@ def main(argv=None):
   ax.set_ylabel("estimated bpp")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(args.output + ".png", dpi=120)
+  fig.savefig(common.output_path(args, ".png"), dpi=120)
 
 
 if __name__ == "__main__":

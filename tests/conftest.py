@@ -8,8 +8,9 @@ them through the environment; the pytest processes themselves do not use it
 (below).
 """
 
-import importlib.util
+import importlib
 import os
+import sys
 
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       ".pytest_cache", "jax")
@@ -40,16 +41,14 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_compilation_cache", False)
 
 
-_EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "experiments")
+# The experiment scripts are the package ``experiments`` at the repository root
+# (``python -m experiments.NAME``); tests import them as ``from experiments
+# import NAME``, also when pytest is started from elsewhere than the root.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
 
 
 def load_experiment(name):
-  """experiments/<name>.py as a module (tests import it: ``from conftest import
-  load_experiment``); the scripts are not a package, and loading them by path
-  keeps experiments/ off sys.path for every other test."""
-  spec = importlib.util.spec_from_file_location(
-      f"experiments_{name}", os.path.join(_EXPERIMENTS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """The module ``experiments.<name>`` (``from experiments import <name>``)."""
+  return importlib.import_module(f"experiments.{name}")

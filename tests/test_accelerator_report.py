@@ -1,4 +1,4 @@
-"""experiments/accelerator_report.py --quick on the CPU: every section runs and
+"""python -m experiments.accelerator_report --quick on the CPU: every section runs and
 says what it found, so the script cannot rot between the rare GPU runs."""
 
 import json
@@ -18,8 +18,8 @@ def test_quick_report_writes_every_section(tmp_path):
       # One kind, nested: an M2T whose full schedule is M2T's very bytes, plus the
       # size schedules bench_decode runs for it (DECODE_ARGS). Each further kind
       # adds its compilations in four processes (~60 s on 2 cores), no new path.
-      [sys.executable, "experiments/accelerator_report.py", "--quick", "--kinds", "nested",
-       "--out", str(out)],
+      [sys.executable, "-m", "experiments.accelerator_report", "--quick", "--kinds", "nested",
+       "--output-dir", str(out)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.load(open(out / "report.json"))

@@ -71,8 +71,8 @@ def test_script_writes_compressai_files_and_survives_a_bad_image(tmp_path, photo
   (folder / "c.png").write_bytes(b"garbage")
   script = load_experiment("classical")
   out = tmp_path / "out" / "classical.json"
-  assert script.main(["--images", str(folder), "--output", str(out), "--codecs", "jpeg",
-                      "webp", "--qualities", "30", "70", "--no-progress"]) == 0
+  assert script.main(["--images", str(folder), "--output-dir", str(out.parent), "--codecs",
+                      "jpeg", "webp", "--qualities", "30", "70", "--no-progress"]) == 0
   combined = json.loads(out.read_text())
   assert [d["name"] for d in combined] == ["JPEG (Pillow)", "WEBP (Pillow)"]
   jpeg = json.loads((tmp_path / "out" / "classical.jpeg.json").read_text())

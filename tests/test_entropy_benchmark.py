@@ -1,13 +1,12 @@
-"""experiments/entropy_benchmark.py: parsing of --models, and the measure of when
+"""experiments/entropy_benchmark.py: parsing of --entropy-models, and the measure of when
 the ranking stops changing (the benchmark's answer to "how many steps are
 enough"). Expected values below are worked out by hand from the rows."""
 
 import argparse
 
 import pytest
-from conftest import load_experiment
 
-bench = load_experiment("entropy_benchmark")
+from experiments import entropy_benchmark as bench
 
 
 def row(model, step, per_photo, kind=None, S=8, variant=None):
@@ -63,8 +62,8 @@ def test_photo_wins_counts_the_photos_each_adjacent_pair_splits():
 
 
 def test_markdown_reports_where_the_order_settles():
-  args = argparse.Namespace(eval_steps=[100, 200, 300], steps=300, batch_size=8,
-                            source="src")
+  args = argparse.Namespace(eval_steps=[100, 200, 300], train_steps=300, batch_size=8,
+                            model="src")
   text = bench.markdown(ROWS, [("p1.png", None), ("p2.png", None)], args)
   assert "- step 100: tau -0.33; flipped: a / b, a / c" in text
   assert "The order is the last step's from step 200 on." in text

@@ -1,11 +1,10 @@
-"""experiments/rd_table.py: BD-rates of results files, and the per-photo spread."""
+"""experiments.rd_table: BD-rates of results files, and the per-photo spread."""
 
 import json
 
 import pytest
-from conftest import load_experiment
 
-rd_table = load_experiment("rd_table")
+from experiments import rd_table
 
 BPP = [0.1, 0.2, 0.4, 0.8]
 PSNR = [28.0, 30.5, 33.2, 36.0]
@@ -56,9 +55,9 @@ def files(tmp_path):
 
 
 def test_per_image_bd_rates_and_spread(files):
-  out = files / "table"
   assert rd_table.main([str(files / "ours.json"), "--anchor", str(files / "anchor.webp.json"),
-                        "--references", "none", "--per-image", "--output", str(out)]) == 0
+                        "--references", "none", "--per-image", "--output-dir", str(files),
+                        "--output-name", "table"]) == 0
   doc = json.loads((files / "table.json").read_text())
   (row,) = doc["per_image"]
   assert row["per_image"]["a.png"] == pytest.approx(-20.0, abs=0.1)
@@ -75,7 +74,7 @@ def test_per_image_bd_rates_and_spread(files):
 
 def test_per_image_needs_a_results_file_as_anchor(files, capsys):
   assert rd_table.main([str(files / "ours.json"), "--references", "none", "--per-image",
-                        "--output", str(files / "t")]) == 1
+                        "--output-dir", str(files), "--output-name", "t"]) == 1
   assert "needs --anchor to be a results file" in capsys.readouterr().err
 
 
@@ -83,7 +82,7 @@ def test_per_image_without_per_image_file_is_a_clear_error(files, capsys):
   (files / "ours.per_image.json").unlink()
   assert rd_table.main([str(files / "ours.json"), "--anchor", str(files / "anchor.webp.json"),
                         "--references", "none", "--per-image",
-                        "--output", str(files / "t")]) == 1
+                        "--output-dir", str(files), "--output-name", "t"]) == 1
   assert "No per-image file beside" in capsys.readouterr().err
 
 
@@ -96,7 +95,7 @@ def test_mean_curve_bd_rate_without_per_image(tmp_path):
       "bpp": [b * 0.9 for b in BPP], "psnr-rgb": PSNR}})
   assert rd_table.main([str(tmp_path / "ours.json"), "--anchor",
                         str(tmp_path / "anchor.json"), "--references", "none",
-                        "--output", str(tmp_path / "t")]) == 0
+                        "--output-dir", str(tmp_path), "--output-name", "t"]) == 0
   doc = json.loads((tmp_path / "t.json").read_text())
   assert "per_image" not in doc
   (row,) = doc["rows"]

@@ -116,9 +116,10 @@ def test_refine_sweep_reports_the_change_against_the_unrefined_latent(tmp_path, 
   tiny.save(str(tmp_path / "model"))
   Image.fromarray(image).save(tmp_path / "a.png")
   out = tmp_path / "sweep.json"
-  assert refine_sweep.main(["--model", str(tmp_path / "model"), "--images",
-                            str(tmp_path / "a.png"), "--settings", "0:0.01:rounded",
-                            "2:0.5:continuous", "--output", str(out)]) == 0
+  assert refine_sweep.main(["--model", str(tmp_path / "model"), "--images", str(tmp_path),
+                            "--only", "a.png", "--settings", "0:0.01:rounded",
+                            "2:0.5:continuous", "--output-dir", str(tmp_path),
+                            "--output-name", "sweep"]) == 0
   rows = json.loads(out.read_text())["rows"]
   assert [r["setting"] for r in rows] == ["0:0.01:rounded", "2:0.5:continuous"]
   # Zero steps is E's latent: no change at all; real bytes as compress writes them.

@@ -12,12 +12,12 @@
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
 of decompress must end in .png (the image is written as lossless PNG).
-``--checkpoint`` names a folder written by ``Codec.save``, a shipped model
-(``m2t_jax/models/manifest.json``) or a model kind ('m2t': the shipped model of
-that kind, the default one if it is); without it the default shipped model is used.
-``m2t eval --checkpoint`` also takes a training workdir (``python -m m2t_jax.train
---workdir``): its exported model (WORKDIR/model) if the run finished, else its
-latest checkpoint; it prints which.
+``--checkpoint`` names a folder written by ``Codec.save``, a training workdir
+(``python -m m2t_jax.train --workdir``: its exported model if the run finished,
+else its latest checkpoint; it says which), a shipped model
+(``m2t_jax/models/manifest.json``), a model kind ('m2t': the shipped model of
+that kind, the default one if it is) or KIND:SIZE (random weights); without it
+the default shipped model is used (``m2t_jax/model_source.py`` resolves them all).
 ``--config m2t:tiny`` gives a randomly initialised model instead, for trying the
 pipeline. ``decompress`` refuses a stream whose header claims more than
 ``--max-pixels`` pixels (default 89,478,485, Pillow's decompression-bomb limit)
@@ -39,8 +39,7 @@ import argparse
 import os
 import sys
 
-# The encoder's latent refinement in ``compress`` and ``eval`` (see refine.py and
-# README "Encoder-side refinement" for what it gains and costs).
+# The encoder's latent refinement in ``compress`` and ``eval`` (m2t_jax/refine.py).
 DEFAULT_REFINE_STEPS = 30
 DEFAULT_REFINE_LR = 0.01
 
@@ -52,12 +51,16 @@ def _refine(args):
 
 
 def _codec(args):
-  from m2t_jax import Codec, configs
+  """The Codec of --checkpoint or --config (``model_source``)."""
+  from m2t_jax import model_source
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
   if args.config:
-    return Codec.from_config(configs.load_config(args.config), seed=args.seed)
-  return Codec.load(args.checkpoint)
+    return model_source.random_model(args.config, seed=args.seed).load()
+  source = model_source.resolve(args.checkpoint)
+  if source.note:
+    print(f"m2t: note: {source.note}", file=sys.stderr)
+  return source.load()
 
 
 def _compress(args):
@@ -135,43 +138,18 @@ def _summary(args):
 
 
 def _eval_model(path: str, refine=0):
-  """(label, factory of the Codec) of one ``m2t eval --checkpoint PATH``: a saved
-  model folder; a training workdir: its exported model (``workdir/model``), else
-  its latest orbax checkpoint (printing which); or a shipped name
-  (``saved_model.locate``). FileNotFoundError when it is none of these."""
-  from m2t_jax import Codec, saved_model
-  is_dir = os.path.isdir(path) and not saved_model.is_saved_model(path)
-  exported = os.path.join(path, "model")
-  if is_dir and saved_model.is_saved_model(exported):
-    print(f"{path}: a training workdir; using its exported model {exported}")
-    return path, lambda: Codec.load(exported, refine=refine)
-  if is_dir and os.path.isdir(os.path.join(path, "checkpoints")):
-    from m2t_jax import train  # orbax and grain: only for a workdir without a model
-    step = train.latest_step(path)
-    if step is not None and os.path.isfile(os.path.join(path, "config.json")):
-      print(f"{path}: a training workdir without an exported model; using its latest "
-            f"checkpoint (step {step})")
-      return f"{path} (step {step})", lambda: Codec(*train.checkpoint_model(path, step),
-                                                     refine=refine)
-  try:
-    saved_model.locate(path)
-  except FileNotFoundError:
-    if not is_dir:
-      raise
-    raise FileNotFoundError(
-        f"{path!r} is neither a saved model folder (config.json + params.npz) nor a "
-        "training workdir (an exported model in model/, or orbax checkpoints in "
-        "checkpoints/ beside the run's config.json).") from None
-  return path, lambda: Codec.load(path, refine=refine)
-
-
-def _with_refine(codec, refine):
-  codec.refine = refine
-  return codec
+  """(label, factory of the Codec) of one ``m2t eval --checkpoint PATH``
+  (``model_source.resolve``; a workdir's choice is printed). FileNotFoundError
+  when it names no model."""
+  from m2t_jax import model_source
+  source = model_source.resolve(path)
+  if source.note:
+    print(source.note)
+  return source.label, lambda: source.load(refine=refine)
 
 
 def _eval(args):
-  from m2t_jax import Codec, configs, models
+  from m2t_jax import Codec, model_source, models
   from m2t_jax.evaluation import rd
   if args.checkpoint and args.config:
     raise ValueError("give either --checkpoint or --config, not both")
@@ -181,9 +159,8 @@ def _eval(args):
       raise ValueError(f"--output {args.output!r}: {path!r} is a folder; give a file "
                        "name such as results.json")
   if args.config:
-    config = configs.load_config(args.config)
-    codecs = [(f"{args.config} (seed {args.seed})",
-               lambda: _with_refine(Codec.from_config(config, seed=args.seed), refine))]
+    source = model_source.random_model(args.config, seed=args.seed)
+    codecs = [(source.label, lambda: source.load(refine=refine))]
   elif args.checkpoint:  # each resolved now: fail before hours of evaluation, not after
     codecs = [_eval_model(path, refine) for path in args.checkpoint]
   else:  # every shipped model of the default model's kind: one RD point per lambda
@@ -191,14 +168,18 @@ def _eval(args):
     names = models.names(models.kinds()[0])
     codecs = [(name, lambda name=name: Codec.load(name, refine=refine)) for name in names]
   if args.images:
-    items, dataset = rd.folder_images(args.images), f"folder:{args.images}"
+    items, dataset = rd.folder_images(args.images, args.split), f"folder:{args.images}"
   else:
+    if args.split != "all":
+      raise ValueError("--split selects files of an --images folder; a TFDS split is "
+                       "named in --tfds NAME:SPLIT")
     items = rd.tfds_images(args.tfds, args.tfds_data_dir, args.tfds_image_key)
     dataset = f"tfds:{args.tfds}"
   if args.max_images > 0:
     items = items[:args.max_images]
   results, per_image = rd.run(codecs, items, args.output, dataset, name=args.name,
-                              progress=not args.no_progress, warmup=not args.no_warmup)
+                              progress=not args.no_progress, warmup=not args.no_warmup,
+                              split=args.split)
   failed = [r for r in per_image["images"] if "error" in r]
   r = results["results"]
   for i, label in enumerate(r["checkpoint"]):
@@ -227,7 +208,7 @@ def _refine_arguments(p):
   p.add_argument("--refine-lmbda", type=float, default=None,
                  help="its RD trade-off (default: the model's config.lmbda; give the "
                       "autoencoder's for a workdir of a run that trained only the entropy "
-                      "model or decoder before 2026-12-05, whose lmbda field was not its "
+                      "model or the decoder and whose lmbda field is not its "
                       "autoencoder's)")
 
 
@@ -241,8 +222,8 @@ def _parser():
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--checkpoint", default=None,
-                   help="folder written by Codec.save, shipped model or model kind "
-                        "(default: the default shipped model)")
+                   help="folder written by Codec.save, training workdir, shipped model, "
+                        "model kind or KIND:SIZE (default: the default shipped model)")
     p.add_argument("--config", default=None,
                    help="random model from a config, e.g. m2t:tiny (testing only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
@@ -259,7 +240,8 @@ def _parser():
                               "the default limit would refuse their stream)")
                    + f" (default {DEFAULT_MAX_PIXELS}, Pillow's decompression-bomb limit)")
     p.set_defaults(func=func)
-  p = sub.add_parser("demo", help="shipped models on sample photos, beside JPEG and WebP")
+  p = sub.add_parser("demo", help="shipped models on sample photos, beside AVIF, WebP "
+                                  "and JPEG at the same size")
   p.add_argument("--output", default="m2t_demo", help="output folder")
   p.set_defaults(func=_demo)
   p = sub.add_parser("info", help="print the header of a .m2t file")
@@ -279,15 +261,19 @@ def _parser():
   p.add_argument("--tfds-image-key", default="image", help="image feature of --tfds")
   p.add_argument("--checkpoint", nargs="+", default=None,
                  help="folders written by Codec.save, training workdirs (their "
-                      "exported model, else their latest checkpoint), shipped models "
-                      "or model kinds; one RD point each (default: every shipped "
-                      "model of the default model's kind)")
+                      "exported model, else their latest checkpoint), shipped models, "
+                      "model kinds or KIND:SIZE; one RD point each (default: every "
+                      "shipped model of the default model's kind)")
   p.add_argument("--config", default=None,
                  help="random model from a config, e.g. m2t:tiny (testing only)")
   p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
   p.add_argument("--output", required=True,
                  help="results JSON; the per-image file goes beside it (.per_image.json)")
   p.add_argument("--name", default=None, help="curve name in the results file")
+  p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                 help="only this fixed split of the --images folder (by file name: "
+                      "m2t_jax/evaluation/splits.py; val decides choices, test is only "
+                      "measured); recorded in the results (default: all)")
   p.add_argument("--max-images", type=int, default=0, help="only the first N images")
   p.add_argument("--no-warmup", action="store_true",
                  help="time the first image of each size with its compilation")
