@@ -313,12 +313,3 @@ class Codec:
     bits = self.entropy_coder.estimate_bits(y_hat, size_schedule)
     return {"bits": bits, "bpp": bits / (height * width), "y_hat": y_hat,
             "reconstruction": self.reconstruct(y_hat, height, width)}
-
-  def timed_roundtrip(self, image: np.ndarray) -> dict:
-    """Compress and decompress ``image``; returns bytes, seconds and the decoded image."""
-    t0 = time.perf_counter()
-    data = self.compress(image)
-    t1 = time.perf_counter()
-    decoded = self.decompress(data)
-    t2 = time.perf_counter()
-    return {"data": data, "decoded": decoded, "encode_s": t1 - t0, "decode_s": t2 - t1}

@@ -31,6 +31,23 @@ def test_psnr_matches_skimage(photo):
   assert metrics.psnr_rgb(photo, photo) == math.inf
 
 
+def test_one_psnr_formula_for_numbers_numpy_and_jit(photo):
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  # MSE 65.025 on 0..255 is exactly 30 dB; 6.5025 is 40 dB.
+  assert metrics.psnr_from_mse(65.025) == pytest.approx(30.0, abs=1e-12)
+  assert metrics.psnr_from_mse(0.0) == math.inf
+  assert metrics.psnr_from_mse(0.0, min_mse=1e-10) == pytest.approx(148.1308036, abs=1e-6)
+  assert metrics.psnr_from_mse(0.01, peak=1.0) == pytest.approx(20.0)
+  values = np.array([65.025, 6.5025, 0.0])
+  np.testing.assert_allclose(metrics.psnr_from_mse(values), [30.0, 40.0, np.inf])
+  # Under jit (the training metrics): float32, the floor applied, shape kept.
+  traced = jax.jit(lambda m: metrics.psnr_from_mse(m, min_mse=1e-10))(
+      jnp.asarray(values, jnp.float32))
+  assert traced.dtype == jnp.float32 and traced.shape == (3,)
+  np.testing.assert_allclose(np.asarray(traced), [30.0, 40.0, 148.1308], rtol=1e-5)
+
+
 def test_ssim_matches_skimage(photo):
   noisy = _noisy(photo, 20)
   # Gaussian 11/1.5 window (skimage: truncate 3.5 -> radius 5), population

@@ -5,7 +5,9 @@ Both take two arrays of the same shape (H, W, C) (or (H, W)) with values on
 float64.
 
 * ``psnr_rgb``: 10 log10(255^2 / MSE), the MSE over all pixels *and* channels
-  of one image (CompressAI's ``psnr-rgb``). Identical images give ``inf``.
+  of one image (CompressAI's ``psnr-rgb``). Identical images give ``inf``. Its
+  formula, ``psnr_from_mse``, is the one every PSNR of the package uses (the
+  training metrics too, on JAX arrays).
 * ``ms_ssim``: the multi-scale SSIM of Wang, Simoncelli and Bovik (2003), as
   CompressAI reports it (``ms-ssim-rgb``, computed there with pytorch_msssim):
   per channel, 5 scales, an 11-tap Gaussian window of sigma 1.5 applied without
@@ -56,12 +58,31 @@ def mse(reference, distorted) -> float:
   return float(np.mean(np.square(a - b)))
 
 
+def psnr_from_mse(mse_value, peak: float = 255.0, min_mse: float = 0.0):
+  """PSNR in dB, 10 log10(peak^2 / max(MSE, min_mse)): the one PSNR formula.
+
+  Args:
+    mse_value: a float or an array of MSEs (numpy or JAX, traced too: the formula
+      runs in the array's own library, so training steps use it under jit).
+    peak: the largest value (255 for 8-bit images).
+    min_mse: a floor on the MSE; 0 lets an MSE of 0 give inf.
+
+  Returns:
+    The PSNR, of the input's type and shape (a Python float for a float).
+  """
+  xp = getattr(mse_value, "__array_namespace__", None)
+  if xp is None:  # a Python number (NumPy and JAX arrays name their library)
+    error = max(float(mse_value), min_mse)
+    return math.inf if error == 0 else 10.0 * math.log10(peak * peak / error)
+  xp = xp()
+  error = xp.maximum(mse_value, min_mse)
+  with np.errstate(divide="ignore"):  # MSE 0: inf, as documented
+    return 10.0 * xp.log10(peak * peak / error)
+
+
 def psnr_rgb(reference, distorted, peak: float = 255.0) -> float:
   """PSNR in dB of one image, MSE over all pixels and channels; inf if equal."""
-  error = mse(reference, distorted)
-  if error == 0:
-    return math.inf
-  return float(10.0 * np.log10(peak * peak / error))
+  return psnr_from_mse(mse(reference, distorted), peak)
 
 
 def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.ndarray:
@@ -168,8 +189,3 @@ def ms_ssim(reference, distorted, data_range: float = 255.0,
   terms.append(np.maximum(ssim_c, 0.0))
   per_channel = np.prod(np.stack(terms) ** weights[:, None], axis=0)
   return float(np.mean(per_channel))
-
-
-def ms_ssim_db(value: float) -> float:
-  """MS-SSIM in dB, -10 log10(1 - MS-SSIM) (the usual way to plot it)."""
-  return math.inf if value >= 1 else float(-10.0 * np.log10(1.0 - value))
