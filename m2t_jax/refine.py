@@ -27,9 +27,8 @@ with the lowest loss seen is returned, E's own latent included: refinement
 never returns a latent whose estimated loss is above E's.
 
 Cost: one decoder and one entropy-model pass forward and backward per step, on
-the whole image (README "Encoder-side refinement": 30 steps took 90-123 s per
-0.74-1.12 MP photo in ``m2t eval`` on a 2-core VM; memory grows with the image,
-hence ``MAX_PIXELS``).
+the whole image, so time and memory grow with the image, hence ``MAX_PIXELS``
+(measured in docs/results/refinement.md).
 """
 
 import dataclasses
@@ -85,7 +84,7 @@ def rd_loss_fn(model, params, image, height: int, width: int, lmbda: float,
   itself, the continuous value, in the mixture the context round(y) predicts,
   which pulls each element towards its mixture's mass; 'rounded': it pays for
   round(y) straight through, L itself, whose rate gradient only sees the
-  mixture around the current integer (README "Encoder-side refinement" compares
+  mixture around the current integer (docs/results/refinement.md compares
   the two: ``experiments/refine_sweep.py``).
   """
   target = image[:, :height, :width]
