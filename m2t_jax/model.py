@@ -22,8 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from m2t_jax.entropy import base, patches, registry
+from m2t_jax.evaluation import metrics
 from m2t_jax.nn import precision
 from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis
+
+# The training PSNRs (the model's and a frozen decoder's) floor the MSE here, so
+# that a perfect crop gives a finite value that a mean over steps can hold.
+MIN_MSE = 1e-10
 
 
 def entropy_model_from_config(config: ml_collections.ConfigDict) -> base.EntropyModel:
@@ -153,8 +158,8 @@ class CompressionModel(nn.Module):
     x_hat = self.decode(y_hat)
     mse = jnp.mean(jnp.square(x_hat - image), axis=(1, 2, 3))
     clipped = jnp.clip(x_hat, 0, 255)
-    psnr = 10 * jnp.log10(255.0**2 / jnp.maximum(
-        jnp.mean(jnp.square(clipped - image), axis=(1, 2, 3)), 1e-10))
+    psnr = metrics.psnr_from_mse(jnp.mean(jnp.square(clipped - image), axis=(1, 2, 3)),
+                                 min_mse=MIN_MSE)
     return {"bits": bits, "bpp": bits / (h_img * w_img), "mse": mse, "psnr": psnr,
             "reconstruction": x_hat, "y_hat": y_hat}
 

@@ -14,7 +14,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from m2t_jax import configs, images
+from m2t_jax.evaluation import splits
 from m2t_jax.train import data
+from m2t_jax.train.folder_source import TrainingDataError
 
 CROP = 16
 
@@ -134,11 +136,99 @@ def test_empty_or_missing_folder_gives_a_clear_error(tmp_path):
     data.train_dataset(_config(train_dir=str(tmp_path / "missing")))
 
 
-def test_corrupt_image_names_the_file(tmp_path):
-  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-  source = data.ImageFolderSource(str(tmp_path))
-  with pytest.raises(images.ImageFileError, match="broken.png"):
+def _photo_folder(folder, names=("astronaut", "coffee", "chelsea")):
+  """scikit-image photos as PNG files in ``folder``, cropped to 96 x 128."""
+  import skimage.data  # noqa: PLC0415
+  folder.mkdir(exist_ok=True)
+  for name in names:
+    Image.fromarray(getattr(skimage.data, name)()[:96, :128]).save(folder / f"{name}.png")
+  return folder
+
+
+def _truncated(path, cut=0.5):
+  """Keeps the first ``cut`` of ``path``'s bytes."""
+  content = path.read_bytes()
+  path.write_bytes(content[:int(len(content) * cut)])
+
+
+def test_unreadable_files_are_skipped_once_and_counted(tmp_path, caplog):
+  folder = _photo_folder(tmp_path / "photos")
+  good = sorted(str(p) for p in folder.iterdir())
+  photo = Image.open(good[0])
+  photo.save(folder / "trunc.png")
+  _truncated(folder / "trunc.png")  # found by the header check (PNG chunks)
+  (folder / "notes.png").write_text("a text file named .png")
+  photo.save(folder / "cut.jpg", quality=90)
+  _truncated(folder / "cut.jpg")  # a JPEG's header passes: found when decoded
+  with caplog.at_level("WARNING"):
+    source = data.ImageFolderSource(str(folder))
+    assert source.num_listed == 6 and len(source) == 4 and source.num_skipped == 2
+    assert sorted(os.path.basename(p) for p in source.unreadable) == ["notes.png",
+                                                                       "trunc.png"]
+    decoded = [source[i] for i in range(len(source)) for _ in range(3)]  # 3 epochs
+  names = [os.path.basename(p) for p in source.paths]
+  assert names == ["astronaut.png", "chelsea.png", "coffee.png", "cut.jpg"]
+  assert source.num_skipped == 3 and str(folder / "cut.jpg") in source.unreadable
+  # cut.jpg's place goes to the next readable file (wrapping to the first).
+  np.testing.assert_array_equal(decoded[9], np.asarray(Image.open(good[0])))
+  np.testing.assert_array_equal(decoded[3], np.asarray(Image.open(good[1])))
+  warnings = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+  for name in ("trunc.png", "notes.png", "cut.jpg"):  # once each, though met 3 times
+    assert sum(name in w for w in warnings) == 1, warnings
+  assert len(warnings) == 3
+  # The training stream goes on through them.
+  config = _config(train_dir=str(folder))
+  iterator = iter(data.train_dataset(config))
+  assert all(next(iterator).shape == (4, CROP, CROP, 3) for _ in range(3))
+  assert data.skipped_files(source) == 3 and data.skipped_files([np.zeros(1)]) == 0
+
+
+def test_too_many_or_only_unreadable_files_are_one_line_errors(tmp_path):
+  folder = _photo_folder(tmp_path / "photos", ("astronaut",))
+  (folder / "notes.png").write_text("not an image")
+  # One of two unreadable: above a limit of 0.4, at the default 0.5.
+  with pytest.raises(TrainingDataError) as e:
+    data.train_dataset(_config(train_dir=str(folder), max_unreadable_fraction=0.4))
+  message = str(e.value)
+  assert "1 of the 2 image files under" in message and "max_unreadable_fraction=0.4" \
+      in message and "\n" not in message
+  assert len(data.ImageFolderSource(str(folder))) == 1
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "a.png").write_bytes(b"")
+  (bad / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+  with pytest.raises(TrainingDataError) as e:
+    data.ImageFolderSource(str(bad), max_unreadable_fraction=1.0)
+  message = str(e.value)
+  assert message.startswith("No readable image under") and "all 2 image files" in message
+  assert "a.png" in message and "\n" not in message
+  # A file that breaks after the listing (here: truncated JPEGs, which pass the
+  # header check) counts too, when it is decoded.
+  cut = _photo_folder(tmp_path / "cut", ("astronaut", "coffee"))
+  for p in cut.iterdir():
+    Image.open(p).save(p.with_suffix(".jpg"), quality=90)
+    p.unlink()
+  source = data.ImageFolderSource(str(cut), max_unreadable_fraction=1.0)
+  for p in cut.iterdir():
+    _truncated(p)
+  with pytest.raises(TrainingDataError, match="No readable image .* all 2"):
     source[0]
+  with pytest.raises(ValueError, match="max_unreadable_fraction"):
+    data.ImageFolderSource(str(cut), max_unreadable_fraction=1.5)
+
+
+def test_folder_split_keeps_only_that_split(tmp_path):
+  pixel = np.zeros((4, 4, 3), np.uint8)
+  for i in range(30):
+    Image.fromarray(pixel + i).save(tmp_path / f"{i:03d}.png")
+  sizes = {}
+  for split in splits.CHOICES:
+    source = data.image_source(_config(train_dir=str(tmp_path), split=split))
+    sizes[split] = len(source)
+    assert all(split == "all" or splits.split_of(p) == split for p in source.paths)
+  assert sizes["all"] == 30 == sizes["train"] + sizes["val"] + sizes["test"]
+  val = data.image_source(_config(val_dir=str(tmp_path), val_split="val"), "val")
+  assert len(val) == sizes["val"]
 
 
 def test_eval_images_are_center_crops(mixed_folder):
@@ -185,6 +275,15 @@ def test_epochs_visit_every_image_once_in_a_new_order():
   order = [_source_index(crop) for batch in batches for crop in batch]
   assert sorted(order[:10]) == sorted(order[10:]) == list(range(10))
   assert order[:10] != order[10:]
+
+
+def test_host_share():
+  shard = data.shard_options(1, 3)
+  assert data.host_share(6, 11, shard) == (2, range(1, 9, 3))  # 9, 10 left out
+  with pytest.raises(ValueError, match="cannot be split evenly over 3 hosts"):
+    data.host_share(4, 11, shard)
+  with pytest.raises(ValueError, match="2 training images cannot be shared by 3 hosts"):
+    data.host_share(3, 2, shard)
 
 
 def test_hosts_read_disjoint_shards():

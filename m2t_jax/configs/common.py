@@ -120,6 +120,13 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.data.source = "folder"
   c.data.train_dir = ""
   c.data.val_dir = ""  # evaluation on center crops of these images when set
+  # Only the files of this fixed split of train_dir / val_dir: 'all', 'train',
+  # 'val' or 'test' (by file name: m2t_jax/evaluation/splits.py).
+  c.data.split = "all"
+  c.data.val_split = "all"
+  # Unreadable image files are skipped (one warning each, counted); more than this
+  # share of a folder's files unreadable stops the run (m2t_jax/train/folder_source.py).
+  c.data.max_unreadable_fraction = 0.5
   c.data.tfds_name = ""  # e.g. 'imagenet2012' or 'my_dataset/config:1.0.0'
   c.data.tfds_split = "train"
   c.data.tfds_data_dir = ""  # '' = TFDS's default (~/tensorflow_datasets)

@@ -16,6 +16,7 @@ The package, one concern a module:
   ``checkpoint_model`` (a checkpoint for the codec), SIGTERM handling.
 * ``metrics_writer``: log lines, ``metrics.jsonl``, TensorBoard.
 * ``data``: the grain input pipelines (image folders, TFDS, crops, sharding).
+* ``folder_source``: a folder's images, unreadable files skipped and counted.
 * ``loop``: ``train_and_evaluate``, ``export_model``, ``maybe_initialize_distributed``.
 * ``__main__``: the absl command line above.
 
@@ -62,6 +63,13 @@ the latest one; the result is bitwise the same as an uninterrupted run on the
 same devices (tested on CPU; on GPUs add
 XLA_FLAGS=--xla_gpu_deterministic_ops=true, as some reductions are not
 deterministic otherwise).
+
+Training images: ``data.train_dir`` (or a TFDS dataset), optionally only its
+``data.split`` ('train', 'val', 'test': ``evaluation.splits``); an unreadable
+file is skipped with one warning naming it and counted (``skipped_files`` in
+the train records); none readable, or more than ``data.max_unreadable_fraction``
+(default 0.5) of the files unreadable, ends the run with a one-line
+``TrainingDataError`` (``train.folder_source``).
 
 Logs: absl logging every ``log_every`` steps (loss, bpp, PSNR, lambda, LR,
 gradient norm, steps/s and ETA over the steps since the previous line, the

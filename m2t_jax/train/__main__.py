@@ -5,15 +5,19 @@ r"""Command line: ``python -m m2t_jax.train --config=FILE:SIZE --workdir=DIR``.
 
 Any config field can be overridden (``--config.num_steps=1000``); multi-host
 runs add --coordinator_address, --num_processes and --process_id (see
-``m2t_jax.train``).
+``m2t_jax.train``). Training images that cannot make a run (none readable, or
+more than data.max_unreadable_fraction of them unreadable) end it with one line
+on stderr and exit status 1.
 """
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from m2t_jax.train.folder_source import TrainingDataError
 from m2t_jax.train.loop import maybe_initialize_distributed, train_and_evaluate
 
 
@@ -46,7 +50,10 @@ def main(argv):
   if f.config is None or not f.workdir:
     raise app.UsageError("--config and --workdir are required.")
   maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-  result = train_and_evaluate(f.config, f.workdir)
+  try:
+    result = train_and_evaluate(f.config, f.workdir)
+  except TrainingDataError as e:  # the user's data, not a bug: no traceback
+    sys.exit(f"m2t_jax.train: error: {e}")
   logging.info("Done at step %d%s.", result["step"],
                " (preempted)" if result["preempted"] else "")
 

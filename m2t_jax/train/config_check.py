@@ -8,6 +8,7 @@ import jax
 import ml_collections
 
 from m2t_jax import model as model_lib
+from m2t_jax.evaluation import splits
 from m2t_jax.nn.elic import DOWNSCALE
 from m2t_jax.train import data as data_lib
 from m2t_jax.train import frozen
@@ -76,6 +77,15 @@ def validate_training_config(config: ml_collections.ConfigDict,
   elif d.source == "tfds" and not d.tfds_name:
     errors.append("data.source='tfds' needs data.tfds_name (an array_record TFDS "
                   "dataset).")
+  for field in ("split", "val_split"):
+    if d.get(field, "all") not in splits.CHOICES:
+      errors.append(f"data.{field}={d.get(field)!r} must be one of {splits.CHOICES} "
+                    "(the files of a folder's fixed split: m2t_jax.evaluation.splits).")
+  max_bad = d.get("max_unreadable_fraction", 0.0)
+  if isinstance(max_bad, bool) or not isinstance(max_bad, (int, float)) or not (
+      0 <= max_bad <= 1):
+    errors.append(f"data.max_unreadable_fraction={max_bad!r} must be a number in "
+                  "[0, 1].")
   errors += frozen.config_problems(config)
   if d.num_workers < 0:
     errors.append(f"data.num_workers={d.num_workers} must be >= 0.")

@@ -4,7 +4,13 @@ Two sources give the same thing, a random-access sequence of RGB uint8 images
 (H, W, 3) of any size:
 
 * ``folder``: every ``.png``, ``.jpg`` and ``.jpeg`` file (any case) under a
-  directory, recursively, in sorted path order.
+  directory, recursively, in sorted path order; with ``data.split`` (train_dir)
+  or ``data.val_split`` (val_dir) set to 'train', 'val' or 'test', only the files
+  of that split of the folder (``evaluation.splits``: fixed by each file's name).
+  Unreadable files are skipped with one warning each and counted
+  (``skipped_files`` in the training metrics); too many of them, more than
+  ``data.max_unreadable_fraction`` of the files, or none readable, stop the run
+  with a one-line ``TrainingDataError`` (``train.folder_source``).
 * ``tfds``: an array_record TFDS dataset read with ``tfds.data_source`` (random
   access, no TensorFlow). A dataset prepared in another format (tfrecord) gets a
   ``ValueError`` that says how to convert it.
@@ -13,11 +19,12 @@ Files and TFDS examples become RGB uint8 through ``m2t_jax.images``, the reader
 that the CLI and evaluation use too, so a model trains on the pixels that it
 will later compress: EXIF orientation applied, 16-bit samples scaled by
 round(x * 255 / 65535), greyscale replicated, palettes looked up, alpha dropped
-(not composited). An unreadable file or example raises ``ImageFileError`` (a
+(not composited). An unreadable TFDS example raises ``ImageFileError`` (a
 ``ValueError``) naming it.
 
 Training (``train_dataset``): the images are split between hosts (host i of n
-takes images i, i + n, ...: ``grain.sharding.ShardByJaxProcess``), shuffled
+takes images i, i + n, ...: ``host_share``, shared with the frozen-latent
+pipeline), shuffled
 with a new permutation each epoch, cropped at a uniformly random position to
 ``crop_size`` x ``crop_size``, flipped left-right with probability 1/2, and
 batched to ``batch_size / num_hosts`` crops per host. An image smaller than the
@@ -33,44 +40,15 @@ per host) is saved with each checkpoint (``grain.checkpoint.CheckpointHandler``)
 a resumed run sees exactly the batches an uninterrupted run would have seen.
 """
 
-from collections.abc import Sequence
-
 import grain
 import ml_collections
 import numpy as np
 from absl import flags
 
 from m2t_jax import images
+from m2t_jax.train.folder_source import DEFAULT_MAX_UNREADABLE_FRACTION, ImageFolderSource
 
 SOURCES = ("folder", "tfds")  # the values of config.data.source
-
-
-# --------------------------------------------------------------------------- #
-# Image folders.
-# --------------------------------------------------------------------------- #
-
-
-class ImageFolderSource(Sequence):
-  """Random-access source over the images of a folder: [i] -> (H, W, 3) uint8.
-
-  The images are ``images.list_images(directory)`` (PNG/JPEG, recursive, sorted
-  paths), each decoded by ``images.load_image`` when it is asked for.
-  """
-
-  def __init__(self, directory: str):
-    self.directory = directory
-    self.paths = images.list_images(directory)
-
-  def __len__(self) -> int:
-    return len(self.paths)
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return [self[i] for i in range(*index.indices(len(self)))]
-    return images.load_image(self.paths[index])
-
-  def __repr__(self) -> str:
-    return f"ImageFolderSource({self.directory!r}, {len(self)} images)"
 
 
 # --------------------------------------------------------------------------- #
@@ -188,21 +166,29 @@ class RandomCropFlip(grain.transforms.RandomMap):
 
 
 def image_source(config: ml_collections.ConfigDict, split: str = "train"):
-  """The images of ``split`` ('train' or 'val') as a MapDataset, or None for a
-  'val' split that the config does not set."""
+  """The images of ``split`` ('train' or 'val'), or None for a 'val' split that
+  the config does not set: an ``ImageFolderSource`` (folders; the files of
+  data.split / data.val_split) or a MapDataset (TFDS), each indexable [i] ->
+  (H, W, 3) uint8."""
   d = config.data
   if d.source not in SOURCES:
     raise ValueError(f"data.source={d.source!r}: expected one of {SOURCES}.")
+  max_bad = d.get("max_unreadable_fraction", DEFAULT_MAX_UNREADABLE_FRACTION)
   if split == "val":
     if d.val_dir:
-      return grain.MapDataset.source(ImageFolderSource(d.val_dir))
+      return ImageFolderSource(d.val_dir, d.get("val_split", "all"), max_bad)
     if d.source == "tfds" and d.get("tfds_val_split"):
       return tfds_source(d.tfds_name, d.tfds_val_split, d.tfds_data_dir,
                          d.tfds_image_key)
     return None
   if d.source == "folder":
-    return grain.MapDataset.source(ImageFolderSource(d.train_dir))
+    return ImageFolderSource(d.train_dir, d.get("split", "all"), max_bad)
   return tfds_source(d.tfds_name, d.tfds_split, d.tfds_data_dir, d.tfds_image_key)
+
+
+def skipped_files(source) -> int:
+  """How many unreadable files ``source`` has skipped so far (0: not a folder)."""
+  return getattr(source, "num_skipped", 0)
 
 
 def shard_options(shard_index: int | None = None,
@@ -211,6 +197,29 @@ def shard_options(shard_index: int | None = None,
   if shard_index is None or shard_count is None:
     return grain.sharding.ShardByJaxProcess(drop_remainder=True)
   return grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True)
+
+
+def host_share(batch_size: int, num_images: int,
+               shard: grain.sharding.ShardOptions) -> tuple[int, range]:
+  """(crops per step on this host, indices of this host's images).
+
+  Host i of n takes images i, i + n, ..., the same number on every host (the
+  last num_images mod n are left out: drop_remainder, so every host's epoch has
+  the same length and hosts never wait on each other at epoch boundaries), and
+  batch_size / n crops per step.
+
+  Raises:
+    ValueError: batch_size is not a multiple of n, or fewer images than hosts.
+  """
+  count = shard.shard_count
+  if batch_size % count:
+    raise ValueError(f"batch_size={batch_size} cannot be split evenly over "
+                     f"{count} hosts.")
+  per_host = num_images // count
+  if per_host == 0:
+    raise ValueError(f"{num_images} training images cannot be shared by "
+                     f"{count} hosts: each host needs at least one.")
+  return batch_size // count, range(shard.shard_index, per_host * count, count)
 
 
 def train_dataset(config: ml_collections.ConfigDict,
@@ -222,25 +231,19 @@ def train_dataset(config: ml_collections.ConfigDict,
     config: uses data.*, crop_size, batch_size (global: the host gets
       batch_size / shard_count) and seed.
     shard: this host's shard (default: from jax.process_index/count).
-    source: images to use instead of ``image_source(config)`` (tests).
+    source: images to use instead of ``image_source(config)``: a MapDataset or
+      a sequence, [i] -> (H, W, 3) uint8.
 
   Returns:
     An IterDataset whose elements are (batch_size / shard_count, crop_size,
     crop_size, 3) uint8 arrays. ``iter(...)`` gives a checkpointable iterator.
   """
   shard = shard or shard_options()
-  if config.batch_size % shard.shard_count:
-    raise ValueError(f"batch_size={config.batch_size} cannot be split evenly over "
-                     f"{shard.shard_count} hosts.")
-  host_batch = config.batch_size // shard.shard_count
   ds = image_source(config, "train") if source is None else source
-  per_host = len(ds) // shard.shard_count
-  if per_host == 0:
-    raise ValueError(f"{len(ds)} training images cannot be shared by "
-                     f"{shard.shard_count} hosts: each host needs at least one.")
-  # Host i takes images i, i + n, ... (drop_remainder: every host has an epoch of
-  # the same length, so hosts never wait on each other at epoch boundaries).
-  ds = ds[shard.shard_index:per_host * shard.shard_count:shard.shard_count]
+  if not isinstance(ds, grain.MapDataset):
+    ds = grain.MapDataset.source(ds)
+  host_batch, mine = host_share(config.batch_size, len(ds), shard)
+  ds = ds[mine.start:mine.stop:mine.step]
   # Same shuffle seed on every host (they hold disjoint images); shuffle before
   # repeat gives a fresh permutation in every epoch.
   ds = ds.shuffle(seed=config.seed % 2**32).repeat()

@@ -45,6 +45,7 @@ from PIL import Image
 
 from m2t_jax import model as model_lib
 from m2t_jax import saved_model
+from m2t_jax.evaluation import metrics
 from m2t_jax.nn.elic import DOWNSCALE
 from m2t_jax.train import data as data_lib
 
@@ -284,18 +285,12 @@ def latent_dataset(config, params, workdir: str | None = None,
   uint8 (B_host, P, P) scored pixels) with c' = c + 2 * config.decoder_margin and
   P = 16 c' (``LatentCrop``).
   params: the model's (its 'analysis' computes the latents). Images are shared
-  between hosts as in ``data.train_dataset``.
+  between hosts by ``data.host_share``, as in ``data.train_dataset``.
   """
   shard = shard or data_lib.shard_options()
-  host_batch = config.batch_size // shard.shard_count
   ds = data_lib.image_source(config, "train") if source is None else source
-  per_host = len(ds) // shard.shard_count
-  if per_host == 0:
-    raise ValueError(f"{len(ds)} training images cannot be shared by "
-                     f"{shard.shard_count} hosts: each host needs at least one.")
-  images = scaled_images([ds[i] for i in range(shard.shard_index, per_host * shard.shard_count,
-                                              shard.shard_count)],
-                         tuple(config.get("frozen_scales", (1.0,))))
+  host_batch, mine = data_lib.host_share(config.batch_size, len(ds), shard)
+  images = scaled_images([ds[i] for i in mine], tuple(config.get("frozen_scales", (1.0,))))
   latents = cached_latents(config, params, images, workdir, shard.shard_index)
   if part(config) == "decoder":
     # latents = image 0, mirror 0, image 1, ...: pair each with its pixels.
@@ -342,7 +337,7 @@ def loss_fn(config, model):
     mse = jnp.sum(weight * jnp.square(x_hat - x), axis=(1, 2, 3)) / count
     clipped = jnp.sum(weight * jnp.square(jnp.clip(x_hat, 0, 255) - x),
                       axis=(1, 2, 3)) / count
-    psnr = 10 * jnp.log10(255.0**2 / jnp.maximum(clipped, 1e-10))
+    psnr = metrics.psnr_from_mse(clipped, min_mse=model_lib.MIN_MSE)
     return config.lmbda * jnp.mean(mse), {"mse": mse, "psnr": psnr}
 
   return {"entropy": entropy, "decoder": decoder}[part(config)]

@@ -51,14 +51,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=1, sort_keys=True)
 
+  # The images first: a folder with nothing readable ends the run in seconds,
+  # not after compilation. Unreadable files are skipped and counted.
+  train_images = data_lib.image_source(config, "train")
+  val_images = data_lib.eval_images(config)
   model = model_lib.build_model(config)
   optimizer = make_optimizer(config)
-  val_images = data_lib.eval_images(config)
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   host_state, resumed = _initial_state(config, optimizer, manager)
   # A frozen-autoencoder run's stream needs the autoencoder (train.frozen).
-  train_iter = iter(data_lib.train_dataset(config) if frozen.part(config) == "all"
-                    else frozen.latent_dataset(config, host_state.params, workdir))
+  train_iter = iter(data_lib.train_dataset(config, source=train_images)
+                    if frozen.part(config) == "all"
+                    else frozen.latent_dataset(config, host_state.params, workdir,
+                                               source=train_images))
   if resumed is not None:
     manager.restore(resumed, args=ocp.args.Composite(
         data=grain.checkpoint.CheckpointRestore(train_iter)))
@@ -133,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_record = {
             "type": "train", "step": step, **summarise(host),
             "skipped_total": int(jax.device_get(state.num_skipped[0])),
+            "skipped_files": data_lib.skipped_files(train_images),
             "steps_per_sec": steps_per_sec,
             "images_per_sec": steps_per_sec * config.batch_size,
             "eta_s": (config.num_steps - step) / steps_per_sec, "time": now}
