@@ -64,7 +64,7 @@ LIMITS = {"devices": 20, "roundtrip": 125, "two_process": 90, "cpu_to_device": 6
 DECODE_LIMITS = {"m2t": 70, "mt": 45, "grouped": 35, "nested": 30}
 DECODE_ARGS = {"nested": ["--size-schedule", "full", "fast"]}
 DECODE_ORDER = ("m2t", "mt")  # then the other registered kinds
-QUICK_LIMITS = {k: 400 for k in LIMITS}  # a 2-core CPU compiles slowly
+QUICK_LIMITS = {k: 400 for k in LIMITS}  # a CPU with few cores compiles slowly
 
 
 def _image(quick: bool):

@@ -47,7 +47,7 @@ from m2t_jax.evaluation import bdrate, rd
 
 REPO = common.ROOT
 CURVES_DIR = os.path.join(REPO, "third_party", "rd_curves")
-# The curves in the reference README's orientation list (Kodak).
+# The published curves drawn by default (Kodak): the usual points of comparison.
 DEFAULT_REFERENCES = {
     "kodak": ["elic-paper", "mlicplus-c3", "cheng2020-anchor-compressai",
               "mbt2018-compressai", "bmshj2018-hyperprior-compressai", "bpg444"],

@@ -2,13 +2,13 @@
 
   python -m experiments.ship_model --model /tmp/train/m2t_small \
       --name m2t-small-l0.0025 --images VAL_DIR --data "photos 001-034" \
-      --hours 1.1 --device "2-core CPU" [--default] [--train-steps-before N]
+      --hours HOURS --device "MACHINE" [--default] [--train-steps-before N]
 
   python -m experiments.ship_model --model SAVED_MODEL_DIR --name m2t-small-l0.006 \
-      --train-steps N --images VAL_DIR --data ... --hours 0.1 --device "one H100"
+      --train-steps N --images VAL_DIR --data ... --hours HOURS --device "MACHINE"
 
   python -m experiments.ship_model --remeasure m2t-small-l0.0025 --images VAL_DIR \
-      --device "2-core CPU"
+      --device "MACHINE"
 
 Takes (``--model``) the latest checkpoint of a training workdir (its config.json
 and orbax checkpoint, even when the run exported a model), or a saved model
