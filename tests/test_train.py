@@ -44,6 +44,19 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def photos_and_bad_files(tmp_path_factory, photos):
+  """The three photos, a truncated PNG and a text file named .png: what a new
+  user's folder may hold."""
+  folder = tmp_path_factory.mktemp("photos_and_bad_files")
+  for name in os.listdir(photos):
+    shutil.copy(os.path.join(photos, name), folder / name)
+  content = (folder / "coffee.png").read_bytes()
+  (folder / "trunc.png").write_bytes(content[:len(content) // 2])
+  (folder / "notes.png").write_text("a text file, not an image")
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("jax_cache"))
 
@@ -129,11 +142,29 @@ def test_cli_rejects_impossible_config_at_start(tmp_path, photos, compile_cache)
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
+def test_cli_ends_with_one_line_when_no_image_is_readable(tmp_path, compile_cache):
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "notes.png").write_text("not an image")
+  (bad / "empty.jpg").write_bytes(b"")
+  proc = subprocess.run(_train_cmd(tmp_path / "w", str(bad)), cwd=REPO,
+                        env=_env(compile_cache), capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("m2t_jax.train: error: No readable image under")
+  assert "all 2 image files are unreadable" in last and "empty.jpg" in last
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
 @pytest.fixture(scope="module")
-def uninterrupted_run(tmp_path_factory, photos, compile_cache):
-  """NUM_STEPS steps of the tiny config on two devices, in one go."""
+def uninterrupted_run(tmp_path_factory, photos, photos_and_bad_files, compile_cache):
+  """NUM_STEPS steps of the tiny config on two devices, in one go, on the three
+  photos beside two unreadable files (skipped at the start: the stream is that
+  of the photos alone, which the resume test compares with)."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
-  proc = _run(_train_cmd(workdir, photos, "--config.log_every=1",
+  proc = _run(_train_cmd(workdir, photos_and_bad_files, "--config.log_every=1",
                          f"--config.data.val_dir={photos}",
                          f"--config.checkpoint_every={NUM_STEPS}"),
               _env(compile_cache))
@@ -145,6 +176,13 @@ def test_tiny_training_on_two_devices_reduces_the_loss(uninterrupted_run):
   assert "on 2 device(s), 1 host(s)" in stderr
   records = _records(workdir)
   assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
+  # The two unreadable files: one warning each, over 60 steps of 20 epochs, and
+  # counted in every record.
+  skipping = [line for line in stderr.splitlines() if "Skipping an unreadable" in line]
+  assert len(skipping) == 2
+  assert sum("trunc.png" in line for line in skipping) == 1
+  assert sum("notes.png" in line for line in skipping) == 1
+  assert all(r["skipped_files"] == 2 for r in records)
   losses = np.array([r["loss"] for r in records])
   assert np.isfinite(losses).all()
   first, last = losses[:10].mean(), losses[-10:].mean()
