@@ -185,9 +185,14 @@ def resolve_model(spec: str | None):
   return source
 
 
-def load_model(spec: str | None, **load_kwargs):
-  """The Codec of ``--model`` (``resolve_model(spec).load(**load_kwargs)``)."""
-  return resolve_model(spec).load(**load_kwargs)
+def load_model(spec: str | None, kind: str | None = None, **load_kwargs):
+  """The Codec of ``--model`` (``resolve_model(spec).load(**load_kwargs)``);
+  SystemExit when ``kind`` is given and the model is of another kind."""
+  codec = resolve_model(spec).load(**load_kwargs)
+  if kind is not None and codec.config.model != kind:
+    raise SystemExit(f"--model {spec!r}: a {kind} model is needed, not "
+                     f"{codec.config.model!r}")
+  return codec
 
 
 def image_paths(args: argparse.Namespace) -> list[str]:

@@ -55,9 +55,7 @@ def build_parser():
 
 def main(argv=None):
   args = common.parse(build_parser(), argv)
-  base = common.load_model(args.model)
-  if base.config.model != "m2t":
-    raise SystemExit(f"--model: an M2T model is needed, not {base.config.model!r}")
+  base = common.load_model(args.model, kind="m2t")
   photos = common.load_images(args)
   width, height = map(int, args.image_size.split("x"))
   timing_image = bench_decode._photo(width, height)

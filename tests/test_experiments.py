@@ -234,3 +234,8 @@ def test_resolve_refuses_what_names_no_model(tmp_path):
   for kind in unshipped:  # a kind with no shipped model says so
     with pytest.raises(FileNotFoundError, match=f"No shipped model of kind '{kind}'"):
       model_source.resolve(kind)
+
+
+def test_a_script_that_needs_one_kind_refuses_another():
+  with pytest.raises(SystemExit, match="'mt:tiny': a m2t model is needed, not 'mt'"):
+    common.load_model("mt:tiny", kind="m2t")
