@@ -20,16 +20,17 @@ _PAYLOAD = b"\x01\x02\x03\x04\xff\x00\x10\x20"
 def _craft(*, magic=bs.MAGIC, version=bs.FORMAT_VERSION, kind=1, order=0, steps=12, alpha=2.0,
            height=512, width=768, fingerprint=bytes(range(16)), latent_crc=0xDEADBEEF,
            backend=2, jax=(0, 4, 38), payload=_PAYLOAD, payload_len=None, extra=b"",
-           schedule=b"\x00"):
-  """A version 4 stream with arbitrary raw field values and a valid CRC over it
-  (the layout written out from the module docstring's table); ``schedule`` is
-  the raw size-schedule block (n, then n bytes), absent from version 3."""
+           widths=b"\x00", schedule=b"\x00"):
+  """A version 5 stream with arbitrary raw field values and a valid CRC over it
+  (the layout written out from the module docstring's table); ``widths`` is the
+  step-widths byte (absent from versions 3 and 4), ``schedule`` the raw
+  size-schedule block (n, then n bytes), absent from version 3."""
   if payload_len is None:
     payload_len = len(payload)
   body = (magic + bytes([version, kind, order, steps]) + struct.pack("<f", alpha)
           + struct.pack("<II", height, width) + fingerprint
           + struct.pack("<I", latent_crc) + bytes([backend, *jax])
-          + struct.pack("<I", payload_len) + schedule + payload + extra)
+          + struct.pack("<I", payload_len) + widths + schedule + payload + extra)
   return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -43,7 +44,7 @@ def _craft_v2(version=2):
 def test_round_trip():
   data = bs.pack(_HEADER, _PAYLOAD)
   assert len(data) == bs.HEADER_BYTES + len(_PAYLOAD)
-  assert bs.HEADER_BYTES == 53
+  assert bs.HEADER_BYTES == 54
   assert data[:4] == b"M2TJ"
   header, payload = bs.unpack(data)
   assert header == _HEADER
@@ -101,7 +102,9 @@ def test_not_bytes():
     # byte itself is checked, not only the exits read.
     (_craft(steps=4, payload=b"", schedule=b"\x0a" + bytes(4)), "size schedule length 10, "),
     (_craft(steps=4, payload=b"", schedule=b"\xc8" + bytes(4)), "size schedule length 200, "),
-    (_craft(schedule=b"", payload=b""), "truncated"),  # 52 bytes: v4 needs 53
+    (_craft(schedule=b"", payload=b""), "truncated"),  # 53 bytes: v5 needs 54
+    (_craft(widths=b"\x02"), "unknown step widths byte 2"),
+    (_craft(version=4, widths=b"", schedule=b"", payload=b""), "truncated"),  # v4: 53
     (_craft(payload_len=len(_PAYLOAD) + 1), "payload length mismatch"),
 ])
 def test_each_check(data, match):
@@ -118,12 +121,35 @@ def test_size_schedule_round_trip_and_overhead():
   assert "exits 2,2,2,2,2,2,1,1,1,1,0,0" in info.describe(header, len(_PAYLOAD))
 
 
+def test_step_widths_round_trip():
+  header = dataclasses.replace(_HEADER, step_widths="shared")
+  data = bs.pack(header, _PAYLOAD)
+  assert data == _craft(widths=b"\x01")
+  assert bs.unpack(data) == (header, _PAYLOAD)
+  assert "step widths: shared" in info.describe(header)
+  assert bs.unpack(bs.pack(_HEADER, _PAYLOAD))[0].step_widths == "exact"
+
+
+def test_version_4_streams_still_read_as_shared_step_widths():
+  # Version 4 is version 5 without the step-widths byte (53 bytes of overhead);
+  # every version 4 stream ran its steps at shared widths.
+  data = _craft(version=4, widths=b"", schedule=b"\x0c" + bytes([1] * 12))
+  assert len(data) == 53 + 12 + len(_PAYLOAD)
+  header, payload = bs.unpack(data)
+  assert payload == _PAYLOAD
+  assert header == dataclasses.replace(_HEADER, step_widths="shared",
+                                       size_schedule=(1,) * 12)
+  assert "(8 payload + 65 header/CRC)" in info.describe(header, len(payload), version=4)
+  assert bs.declared_length(data[:bs.PREFIX_BYTES]) == len(data)
+
+
 def test_version_3_streams_still_read():
   # Version 3 is version 4 without the size-schedule block (52 bytes of overhead).
-  data = _craft(version=3, schedule=b"")
+  data = _craft(version=3, widths=b"", schedule=b"")
   assert len(data) == 52 + len(_PAYLOAD)
   header, payload = bs.unpack(data)
-  assert payload == _PAYLOAD and header == _HEADER and header.size_schedule == ()
+  assert payload == _PAYLOAD and header.size_schedule == ()
+  assert header == dataclasses.replace(_HEADER, step_widths="shared")
   assert "format version 3" in info.describe(header, len(payload), version=3)
   assert "(8 payload + 52 header/CRC)" in info.describe(header, len(payload), version=3)
 
@@ -199,6 +225,7 @@ def test_every_single_bit_flip():
     ({"backend": "cuda"}, "backend"),
     ({"jax": (0, 4, 256)}, "jax"),
     ({"jax": (0, 4)}, "jax"),
+    ({"step_widths": "auto"}, "step_widths"),
 ])
 def test_pack_validates(changes, match):
   with pytest.raises(ValueError, match=match):
@@ -218,15 +245,16 @@ def test_describe():
                "gpu, JAX 0.4.38", "deadbeef"]:
     assert part in text
   text = info.describe(_HEADER, payload_bytes=1000)
-  assert "1053 (1000 payload + 53 header/CRC)" in text
-  assert f"{8 * 1053 / (512 * 768):.4f} bits per pixel (per latent cell" in text
+  assert "1054 (1000 payload + 54 header/CRC)" in text
+  assert f"{8 * 1054 / (512 * 768):.4f} bits per pixel (per latent cell" in text
   assert "pixels, or latent cells" in text
 
 
 def test_declared_length():
   data = bs.pack(dataclasses.replace(_HEADER, size_schedule=(1,) * 12), _PAYLOAD)
-  assert bs.declared_length(data[:bs.PREFIX_BYTES]) == len(data) == 53 + 12 + 8
-  assert bs.declared_length(_craft(version=3, schedule=b"")[:bs.PREFIX_BYTES]) == 52 + 8
+  assert bs.declared_length(data[:bs.PREFIX_BYTES]) == len(data) == 54 + 12 + 8
+  assert bs.declared_length(_craft(version=3, widths=b"", schedule=b"")[:bs.PREFIX_BYTES]) == 52 + 8
+  assert bs.declared_length(_craft(version=4, widths=b"")[:bs.PREFIX_BYTES]) == 53 + 8
   assert bs.declared_length(data[:bs.PREFIX_BYTES - 1]) is None  # too short to tell
   assert bs.declared_length(_craft_v2()) is None  # a layout it does not parse
   assert bs.declared_length(b"\x89PNG" + bytes(60)) is None

@@ -24,36 +24,46 @@ def _tokens(model, batch=3, seed=0):
   return jnp.round(x)
 
 
-def _cached_bits(model, params, tokens):
+def _cached_bits(model, params, tokens, widths="shared"):
   """Per-element bits (B, L, C) in location order from S cached, jitted steps,
-  as the codec runs them: traced step index, padded to ``step_width`` (two
-  compilations), junk rows dropped, junk slots left in the cache."""
+  as the codec runs them: with ``widths='shared'`` a traced step index, padded to
+  ``step_width`` (two compilations), junk rows dropped, junk slots left in the
+  cache; with 'exact' a static step index at its group's size (S compilations)."""
+  model = model.with_step_widths(widths)
   sched = model.schedule
-  step = jax.jit(functools.partial(model.apply, method=M2T.step), static_argnums=4)
+  exact = widths == "exact"
+  step = jax.jit(functools.partial(model.apply, method=M2T.step),
+                 static_argnums=(3, 4) if exact else 4)
   cache = model.init_cache(tokens.shape[0])
   out = np.zeros(tokens.shape, np.float32)
   width = int(sched.sizes.max())
   prev = np.zeros((tokens.shape[0], width, C), np.float32)
   for i in range(sched.num_steps):
     cells, g = sched.group(i), int(sched.sizes[i])
-    mixture, cache = step(params, prev, cache, np.int32(i), model.step_width(i))
+    assert model.step_width(i) == g if exact else model.step_width(i) >= g
+    mixture, cache = step(params, prev, cache, i if exact else np.int32(i),
+                          model.step_width(i))
+    assert mixture.means.shape[1] == model.step_width(i)
     mixture = jax.tree.map(lambda t, g=g: t[:, :g], mixture)
     out[:, cells] = np.asarray(gmm.bits(mixture, tokens[:, cells], 1e-9))
     prev = np.zeros_like(prev)
     prev[:, :g] = tokens[:, cells]
-  assert step._cache_size() == len({model.step_width(i) for i in range(sched.num_steps)})
+  compiled = sched.num_steps if exact else len({model.step_width(i)
+                                                for i in range(sched.num_steps)})
+  assert step._cache_size() == compiled
   return out
 
 
 # (12, 8): many uneven groups (144 cells), at a third of the paper-size (24, 12)
 # case's test time on 2 cores; the property does not depend on the size.
+@pytest.mark.parametrize("widths", ["shared", "exact"])
 @pytest.mark.parametrize("patch_size,num_steps", [(4, 4), (12, 8)])
-def test_cached_decode_matches_teacher_forcing(patch_size, num_steps):
+def test_cached_decode_matches_teacher_forcing(patch_size, num_steps, widths):
   model = _m2t(patch_size, num_steps)
   tokens = _tokens(model)
   params = model.init(jax.random.key(1), tokens)
   teacher = np.asarray(gmm.bits(model.apply(params, tokens), tokens, 1e-9))
-  cached = _cached_bits(model, params, tokens)
+  cached = _cached_bits(model, params, tokens, widths)
   diff = np.abs(cached - teacher).max()
   print(f"w_T={patch_size} S={num_steps}: max |cached - teacher-forced| = {diff:.3g} bits")
   assert diff <= 1e-4
@@ -128,7 +138,8 @@ def test_one_model_serves_any_schedule():
   params = base.init(jax.random.key(1), tokens)
   for other in (_m2t(4, 4, order="raster"), _m2t(4, 8, order="random"), _m2t(4, 2)):
     teacher = np.asarray(gmm.bits(other.apply(params, tokens), tokens, 1e-9))
-    assert np.abs(_cached_bits(other, params, tokens) - teacher).max() <= 1e-4
+    for widths in ("shared", "exact"):
+      assert np.abs(_cached_bits(other, params, tokens, widths) - teacher).max() <= 1e-4
 
 
 def test_step_checks_its_input_size_and_order():
@@ -139,5 +150,9 @@ def test_step_checks_its_input_size_and_order():
     model.apply(params, tokens[:, :3], model.init_cache(3), 1, 4, method=M2T.step)
   with pytest.raises(ValueError, match="width 1 is too small"):
     model.apply(params, tokens, model.init_cache(3), 3, 1, method=M2T.step)
+  with pytest.raises(ValueError, match="step_widths must be one of"):
+    model.with_step_widths("padded")
+  with pytest.raises(ValueError, match="step_widths must be one of"):
+    model.clone(step_widths="padded").step_width(0)
   with pytest.raises(ValueError, match="only for MT"):
     _m2t(4, 4, order="entropy").init(jax.random.key(1), tokens)

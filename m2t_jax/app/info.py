@@ -26,11 +26,13 @@ def describe(header: bitstream.Header, payload_bytes: int | None = None,
       f"alpha {header.alpha:g}",
       *([f"  size schedule: exits {','.join(map(str, header.size_schedule))} "
          "(model exit of each step)"] if header.size_schedule else []),
+      f"  step widths: {header.step_widths} (how the encoder ran the decode steps)",
       f"  written on:  {header.writer}",
       f"  latent CRC:  {header.latent_crc:08x}",
   ]
   if payload_bytes is not None:
-    overhead = bitstream.V3_HEADER_BYTES if version == 3 else bitstream.HEADER_BYTES
+    overhead = {3: bitstream.V3_HEADER_BYTES,
+                4: bitstream.V4_HEADER_BYTES}.get(version, bitstream.HEADER_BYTES)
     total = overhead + len(header.size_schedule) + payload_bytes
     bpp = 8 * total / (header.height * header.width)
     lines.append(f"  bytes:       {total} ({payload_bytes} payload + "

@@ -1,4 +1,4 @@
-"""Container format for one compressed image or latent (format version 4).
+"""Container format for one compressed image or latent (format version 5).
 
 Every multi-byte field is little-endian. Offsets are in bytes; L is the payload
 length.
@@ -6,7 +6,7 @@ length.
 | offset | size | type    | field                                               |
 |-------:|-----:|---------|-----------------------------------------------------|
 |      0 |    4 | bytes   | magic ``b"M2TJ"``                                   |
-|      4 |    1 | u8      | format version (3)                                  |
+|      4 |    1 | u8      | format version (5)                                  |
 |      5 |    1 | u8      | model kind: its registry code (0 = mt, 1 = m2t)     |
 |      6 |    1 | u8      | schedule order: 0 = qlds, 1 = random, 2 = raster,   |
 |        |      |         | 3 = entropy                                         |
@@ -20,16 +20,24 @@ length.
 |     40 |    1 | u8      | backend that wrote it: 0 other, 1 cpu, 2 gpu, 3 tpu |
 |     41 |    3 | 3 x u8  | JAX version that wrote it (major, minor, micro)     |
 |     44 |    4 | u32     | payload length L                                    |
-|     48 |    1 | u8      | size schedule length n: 0, or the number of steps   |
-|     49 |    n | n x u8  | size schedule: the model exit of each decode step   |
+|     48 |    1 | u8      | step widths: 0 = exact, 1 = shared (padded widths)  |
+|     49 |    1 | u8      | size schedule length n: 0, or the number of steps   |
+|     50 |    n | n x u8  | size schedule: the model exit of each decode step   |
 |        |      |         | (nested models, ``entropy/nested.py``)              |
-|   49+n |    L | bytes   | payload (range coder words)                         |
-| 49+n+L |    4 | u32     | CRC32 (zlib) of bytes [0, 49+n+L)                   |
+|   50+n |    L | bytes   | payload (range coder words)                         |
+| 50+n+L |    4 | u32     | CRC32 (zlib) of bytes [0, 50+n+L)                   |
 
-The fixed overhead is ``HEADER_BYTES`` = 53 bytes (the 49-byte header plus the
-CRC) and one byte per step of a size schedule. Version 3 streams (the same
-without bytes 48..48+n, 52 bytes of overhead) are still read, as streams with an
-empty size schedule. The image size is the original, uncropped one, so the decoder can pad and
+The fixed overhead is ``HEADER_BYTES`` = 54 bytes (the 50-byte header plus the
+CRC) and one byte per step of a size schedule. **Step widths** say how the
+encoder ran the decode steps of a kind that can pad them (M2T and nested M2T,
+``entropy/m2t.py``): each step at its exact group size, or padded to two shared
+widths. Both give the same distributions up to float rounding, but range
+decoding needs the encoder's tables bit for bit, so the decoder runs the steps
+the way the stream says. Other kinds ignore the byte. Version 4 streams (the
+same without byte 48, 53 bytes of overhead) and version 3 streams (also without
+the size schedule, 52 bytes) are still read, as streams with shared step widths
+(the only kind there was) and, for version 3, an empty size schedule. The image
+size is the original, uncropped one, so the decoder can pad and
 crop exactly as the encoder did. The fingerprint lets the decoder refuse a stream
 written by a different model instead of decoding garbage.
 
@@ -77,10 +85,11 @@ from m2t_jax.coding.stream_errors import (  # noqa: F401  (re-exported: bitstrea
 from m2t_jax.entropy import registry
 
 MAGIC = b"M2TJ"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)
 ORDERS = ("qlds", "random", "raster", "entropy")  # Index = stored byte.
 BACKENDS = ("other", "cpu", "gpu", "tpu")  # Index = stored byte.
+STEP_WIDTHS = ("exact", "shared")  # Index = stored byte.
 MAX_IMAGE_SIDE = 2**16
 FINGERPRINT_BYTES = 16
 # Default limit on the pixels a decoder accepts from a header before allocating
@@ -89,13 +98,14 @@ FINGERPRINT_BYTES = 16
 # ``m2t decompress --max-pixels`` raise it for streams one trusts.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-_HEADER = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..48, versions 3 and 4
+_HEADER = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..47, versions 3 to 5
 _CRC = struct.Struct("<I")
-# 53: bytes of a version 4 stream besides the payload (and its size schedule).
-HEADER_BYTES = _HEADER.size + 1 + _CRC.size
+# 54: bytes of a version 5 stream besides the payload (and its size schedule).
+HEADER_BYTES = _HEADER.size + 2 + _CRC.size
+V4_HEADER_BYTES = _HEADER.size + 1 + _CRC.size  # 53
 V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
 _MAX_PAYLOAD = 2**32 - 1
-PREFIX_BYTES = _HEADER.size + 1  # what ``declared_length`` reads: up to byte 48
+PREFIX_BYTES = _HEADER.size + 2  # what ``declared_length`` reads: up to byte 49
 
 
 def latent_crc(y_hat) -> int:
@@ -147,6 +157,8 @@ class Header:
       (default: this process's).
     size_schedule: the exit of each decode step (each 0..255), or () for a
       model with one size; the decoding model checks that it can run it.
+    step_widths: how the encoder ran the decode steps, one of ``STEP_WIDTHS``
+      (versions 3 and 4: always "shared").
   """
   model_kind: str
   order: str
@@ -159,6 +171,7 @@ class Header:
   backend: str = dataclasses.field(default_factory=_default_backend)
   jax: tuple = dataclasses.field(default_factory=_default_jax)
   size_schedule: tuple = ()
+  step_widths: str = "exact"
 
   @property
   def writer(self) -> str:
@@ -210,6 +223,8 @@ def _header_problem(header: Header) -> str | None:
   if (not isinstance(header.jax, tuple) or len(header.jax) != 3
       or not all(_is_int(x) and 0 <= x <= 255 for x in header.jax)):
     return f"jax must be 3 integers in [0, 255], got {header.jax!r}"
+  if header.step_widths not in STEP_WIDTHS:
+    return f"step_widths must be one of {STEP_WIDTHS}, got {header.step_widths!r}"
   schedule = header.size_schedule
   if (not isinstance(schedule, tuple) or len(schedule) not in (0, header.num_steps)
       or not all(_is_int(x) and 0 <= x <= 255 for x in schedule)):
@@ -247,12 +262,13 @@ def pack(header: Header, payload: bytes) -> bytes:
       ORDERS.index(header.order), header.num_steps, float(header.alpha),
       header.height, header.width, header.fingerprint, header.latent_crc,
       BACKENDS.index(header.backend), *header.jax, len(payload))
-  body += bytes([len(header.size_schedule), *header.size_schedule]) + payload
+  body += bytes([STEP_WIDTHS.index(header.step_widths), len(header.size_schedule),
+                 *header.size_schedule]) + payload
   return body + _CRC.pack(zlib.crc32(body))
 
 
 def declared_length(prefix: bytes) -> int | None:
-  """Bytes in all that a version 3 or 4 stream starting with ``prefix`` declares
+  """Bytes in all that a version 3, 4 or 5 stream starting with ``prefix`` declares
   (from its payload length and size schedule length; untrusted until ``unpack``
   checks them), or None if ``prefix`` (at least ``PREFIX_BYTES`` long) starts no
   such stream. File readers read no further than this (and one byte more, to see
@@ -260,7 +276,10 @@ def declared_length(prefix: bytes) -> int | None:
   if len(prefix) < PREFIX_BYTES or prefix[:4] != MAGIC or prefix[4] not in READABLE_VERSIONS:
     return None
   length = V3_HEADER_BYTES + _HEADER.unpack_from(prefix)[-1]
-  return length + (1 + prefix[_HEADER.size] if prefix[4] == 4 else 0)
+  if prefix[4] == 3:
+    return length
+  extra = prefix[4] - 3  # the step-widths byte (v5), the schedule length byte
+  return length + extra + prefix[_HEADER.size + extra - 1]
 
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
@@ -325,7 +344,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(
         f"unsupported format version {version} (this m2t_jax reads "
         f"{READABLE_VERSIONS}); the stream is corrupted")
-  overhead = HEADER_BYTES if version == 4 else V3_HEADER_BYTES
+  overhead = {3: V3_HEADER_BYTES, 4: V4_HEADER_BYTES, 5: HEADER_BYTES}[version]
   if len(data) < overhead:
     raise BitstreamError(
         f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
@@ -340,20 +359,24 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(f"invalid header: unknown schedule order byte {order}")
   if backend >= len(BACKENDS):
     raise BitstreamError(f"invalid header: unknown backend byte {backend}")
-  schedule = ()
-  if version == 4:  # n, then n exits
-    n = data[_HEADER.size]
+  schedule, widths, at = (), "shared", _HEADER.size
+  if version == 5:  # the step-widths byte
+    if data[at] >= len(STEP_WIDTHS):
+      raise BitstreamError(f"invalid header: unknown step widths byte {data[at]}")
+    widths, at = STEP_WIDTHS[data[at]], at + 1
+  if version >= 4:  # n, then n exits
+    n = data[at]
     if n not in (0, num_steps):
       raise BitstreamError(f"invalid header: size schedule length {n}, expected 0 "
                            f"or num_steps ({num_steps})")
-    start = _HEADER.size + 1
+    start = at + 1
     schedule = tuple(data[start:min(start + n, len(data) - _CRC.size)])
     overhead += n  # a short schedule then fails the length check below
   header = Header(model_kind=kind_entry.name, order=ORDERS[order],
                   num_steps=num_steps, alpha=alpha, height=height, width=width,
                   fingerprint=fingerprint, latent_crc=crc_latent,
                   backend=BACKENDS[backend], jax=(jax_major, jax_minor, jax_micro),
-                  size_schedule=schedule)
+                  size_schedule=schedule, step_widths=widths)
   problem = _header_problem(header)
   if problem:
     raise BitstreamError(f"invalid header: {problem}")

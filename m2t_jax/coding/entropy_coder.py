@@ -180,12 +180,14 @@ class EntropyCoder:
              size_schedule: tuple = ()) -> bitstream.Header:
     """The header of a stream of this model: schedule fields from the config,
     ``crc`` = ``bitstream.latent_crc`` of the coded latent, this process's
-    backend and JAX version, the resolved ``size_schedule``."""
+    backend and JAX version, the resolved ``size_schedule``, and how this
+    process runs the decode steps (``step_widths``)."""
     s = self.config.schedule
     return bitstream.Header(self.config.model, s.order, len(self.model.coding_plan()),
                             float(s.alpha), height, width,
                             fingerprint_bytes or self.fingerprint, crc,
-                            size_schedule=tuple(size_schedule))
+                            size_schedule=tuple(size_schedule),
+                            step_widths=self.model.resolved_step_widths())
 
   def scheduled(self, size_schedule=None):
     """The entropy model running ``size_schedule`` (None = its default)."""
@@ -280,7 +282,8 @@ class EntropyCoder:
     """
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), self.config.patch_size)
     valid = np.asarray(valid)
-    model = (self.model.with_size_schedule(header.size_schedule) if header is not None
+    model = (self.model.with_size_schedule(header.size_schedule)
+             .with_step_widths(header.step_widths) if header is not None
              else self.scheduled(size_schedule))
     loop = self._loop(valid, model)
     total = len(loop)

@@ -33,7 +33,9 @@ What a kind provides (and what everything above ``entropy/`` uses, nothing else)
 shapes share one compilation of ``decode_step``. The default is the step itself
 (one compilation per step, for kinds whose steps differ in shape, like
 GroupedMixer's channel groups); MT's full passes return None (one for all); M2T
-pads its groups to two widths. Compilations cost seconds each on a GPU.
+runs each group at its exact size on CPU and pads them to two shared widths on
+accelerators, where compilations cost seconds each; the stream records which
+(``resolved_step_widths``, ``with_step_widths``), and the decoder does the same.
 ``one_pass_rate``: True when ``rate(tokens, tokens)`` (train=False) gives exactly
 the distributions the decode steps give (M2T's teacher-forced pass), so a rate
 estimate needs no decode loop.
@@ -150,6 +152,18 @@ class EntropyModel(nn.Module):
                     values: np.ndarray) -> State:
     """Writes the step's values (N, g, c) (decoded, or true ones when encoding)."""
     raise NotImplementedError
+
+  # --- step widths (kinds that can pad their steps override both) -------------
+  def resolved_step_widths(self) -> str:
+    """How this model runs its decode steps, as a stream records it: 'exact'
+    (each step at its own shape) or 'shared' (padded to share compilations)."""
+    return "exact"
+
+  def with_step_widths(self, widths: str) -> "EntropyModel":
+    """This model running its steps as ``widths`` ('auto', 'exact' or 'shared')
+    says; a kind that never pads computes the same either way."""
+    del widths
+    return self
 
   # --- size schedules (kinds with nested sizes override both) -----------------
   def resolve_size_schedule(self, spec=None) -> tuple[int, ...]:

@@ -19,13 +19,20 @@ order of ``schedule.group(i)`` for ``step``.
 
 As an ``entropy.base.EntropyModel``: ``rate`` is the teacher-forced pass (exactly
 the decode steps' distributions, so ``one_pass_rate``); decode state = the k/v
-cache and the previous group's values; steps run padded to one of two widths
-(``step_width``), so decoding compiles two executables, not S.
+cache and the previous group's values (``M2TState``). How the steps compile is
+``step_widths``: 'exact' runs each step at its own group size and static offset,
+attending only to the cache prefix it needs (S compilations, no wasted work:
+the CPU choice, where compiling is cheap and every padded row costs run time);
+'shared' pads the steps to two widths with a traced offset (two compilations, for
+accelerators, where each compilation takes seconds, at about 1.5x the
+transformer's rows); 'auto' (default) picks 'exact' on CPU and 'shared' elsewhere.
+Encoder and decoder on one backend pick the same, so their tables agree.
 """
 
 import functools
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +71,21 @@ def _padded_groups(*key):
                    for i in range(sched.num_steps)]).astype(np.int32)
 
 
+@flax.struct.dataclass
+class M2TState:
+  """M2T's decode state between steps.
+
+  cache: the k/v cache (``init_cache``): per layer (N, L + g_max, heads, head_dim).
+  prev: (N, g_max, C) float32: the last decoded group's values in the order of
+    its cells, then zeros (the slots past them read the mask token).
+  """
+  cache: tfm.Cache
+  prev: jax.Array
+
+
+STEP_WIDTHS = ("auto", "exact", "shared")
+
+
 class M2T(base.EntropyModel):
   """The M2T entropy model of one w_T x w_T patch."""
   latent_channels: int  # C
@@ -83,6 +105,7 @@ class M2T(base.EntropyModel):
   order_seed: int = 0
   prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
   compute_dtype: str = "float32"  # of the transformer (nn/precision.py)
+  step_widths: str = "auto"  # 'auto' | 'exact' | 'shared' (module docstring)
 
   one_pass_rate = True  # the teacher-forced pass equals the decode steps
 
@@ -153,12 +176,32 @@ class M2T(base.EntropyModel):
     inverse = jnp.asarray(np.argsort(self._maps()[0].order))
     return jax.tree.map(lambda t: jnp.take(t, inverse, axis=1), mixture)
 
+  def exact_steps(self) -> bool:
+    """Whether decode steps run at their exact group sizes (``step_widths``)."""
+    return self.resolved_step_widths() == "exact"
+
+  def resolved_step_widths(self) -> str:
+    """'exact' or 'shared': ``step_widths``, with 'auto' resolved for this
+    process's backend."""
+    if self.step_widths not in STEP_WIDTHS:
+      raise ValueError(f"step_widths must be one of {STEP_WIDTHS}, got "
+                       f"{self.step_widths!r}.")
+    if self.step_widths == "auto":
+      return "exact" if jax.default_backend() == "cpu" else "shared"
+    return self.step_widths
+
+  def with_step_widths(self, widths: str) -> "M2T":
+    if widths not in STEP_WIDTHS:
+      raise ValueError(f"step_widths must be one of {STEP_WIDTHS}, got {widths!r}.")
+    return self if widths == self.step_widths else self.clone(step_widths=widths)
+
   def step_width(self, step: int) -> int:
-    """G, the padded width step ``step`` runs at (static): the steps share two
-    widths, ceil(g_max / 2) for the groups that fit it and g_max for the rest, so
-    decoding compiles two executables per batch size instead of S (a GPU spends
-    seconds on each), for about 1.5x the transformer's rows (see BUILD.md)."""
+    """G, the width step ``step`` runs at (static): g_i for exact steps; for
+    shared ones ceil(g_max / 2) for the groups that fit it and g_max for the
+    rest, so decoding compiles two executables per batch size instead of S."""
     sizes = self.schedule.sizes
+    if self.exact_steps():
+      return int(sizes[step])
     g_max = int(sizes.max())
     half = -(-g_max // 2)
     return half if int(sizes[step]) <= half else g_max
@@ -171,8 +214,10 @@ class M2T(base.EntropyModel):
       then anything (ignored: those slots read the mask token).
     cache: from ``init_cache``; slots [o_i, o_i+width) are written (the real
       slots [o_i, o_i+g_i), then junk the next step overwrites).
-    width: static G >= g_i (``step_width``); steps of one width share one
-      compilation.
+    width: static G >= g_i. A Python-int ``step`` with G = g_i is an exact step:
+      static offset, attention over the cache prefix [0, o_i + g_i) only. Else a
+      padded step: traced offset, attention over the whole cache masked to the
+      slots written so far; steps of one width share one compilation.
     Returns (Mixture (B, width, C, K): its first g_i rows are ``schedule.group(i)``'s
     cells in order, the rest junk; new cache).
     """
@@ -190,8 +235,13 @@ class M2T(base.EntropyModel):
     if prev_values.shape[1] < width:
       raise ValueError(f"Step values must cover the width {width}, got "
                        f"{prev_values.shape[1]}.")
+    offsets, sizes, input_index, target_index = _padded_maps(*self._map_key())
+    if isinstance(step, (int, np.integer)) and width == sizes[step]:  # exact step
+      slots = np.arange(offsets[step], offsets[step] + width)
+      x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots])
+      return x, int(offsets[step]), None
     offsets, sizes, input_index, target_index = (
-        jnp.asarray(a) for a in _padded_maps(*self._map_key()))
+        jnp.asarray(a) for a in (offsets, sizes, input_index, target_index))
     i = jnp.asarray(step, jnp.int32)
     slots = offsets[i] + jnp.arange(width)
     x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots])
@@ -214,36 +264,42 @@ class M2T(base.EntropyModel):
     return tuple(base.PlannedStep(int(sched.sizes[i]), (0, self.latent_channels),
                                   sched.group(i)) for i in range(sched.num_steps))
 
-  def step_shape(self, step: int) -> int:
-    return self.step_width(step)
+  def step_shape(self, step: int) -> tuple[int, int | None]:
+    """(width, the step itself for an exact step, else None): exact steps compile
+    one each, shared ones one per width."""
+    return self.step_width(step), (step if self.exact_steps() else None)
 
-  def init_decode_state(self, valid):
-    """{'cache': empty k/v cache, 'prev': (N, g_max, C) zeros}: nothing decoded."""
+  def init_decode_state(self, valid) -> M2TState:
+    """An empty k/v cache and zero values: nothing decoded."""
     n = np.asarray(valid).shape[0]
-    return {"cache": self.init_cache(n),
-            "prev": jnp.zeros((n, self._max_width(), self.latent_channels), jnp.float32)}
+    return M2TState(cache=self.init_cache(n),
+                    prev=jnp.zeros((n, self._max_width(), self.latent_channels), jnp.float32))
 
-  def decode_step(self, state, step, shape: int):
+  def decode_step(self, state: M2TState, step, shape):
     """Feeds group step-1's values, reads group ``step``'s mixtures; ``step`` is
-    traced, ``shape`` the static width (``step_width``). Cells (N, width): the
-    group's, then copies of its last cell (rows the loop drops)."""
-    mixture, cache, width = self._decode_mixture(state, step, shape)
-    groups = jnp.asarray(_padded_groups(*self._map_key()))[jnp.asarray(step, jnp.int32)]
-    cells = jnp.broadcast_to(groups[:width], (state["prev"].shape[0], width))
-    return cells, mixture, {"cache": cache, "prev": state["prev"]}
+    traced, ``shape`` = ``step_shape(step)`` static. Cells (N, width): the
+    group's, then (padded steps) copies of its last cell (rows the loop drops)."""
+    mixture, cache = self._decode_mixture(state, step, shape)
+    width, static_step = shape[0], shape[1]
+    if static_step is not None:
+      groups = jnp.asarray(self.schedule.group(static_step), jnp.int32)
+    else:
+      groups = jnp.asarray(_padded_groups(*self._map_key()))[jnp.asarray(step, jnp.int32)]
+    cells = jnp.broadcast_to(groups[:width], (state.prev.shape[0], width))
+    return cells, mixture, state.replace(cache=cache)
 
-  def _decode_mixture(self, state, step, shape):
-    """(Mixture (N, width, C, K), cache, width) of a decode step of ``shape``."""
-    mixture, cache = self.step(state["prev"], state["cache"], step, shape)
-    return mixture, cache, shape
+  def _decode_mixture(self, state: M2TState, step, shape):
+    """(Mixture (N, width, C, K), cache) of a decode step of ``shape``."""
+    width, static_step = shape[0], shape[1]
+    return self.step(state.prev, state.cache,
+                     step if static_step is None else static_step, width)
 
-  def decode_update(self, state, step, cells, values):
+  def decode_update(self, state: M2TState, step, cells, values) -> M2TState:
     """The next step feeds exactly this group's values (N, g, C), padded to g_max."""
     del step, cells
     values = np.asarray(values, np.float32)
     pad = self._max_width() - values.shape[1]
-    return {"cache": state["cache"],
-            "prev": jnp.asarray(np.pad(values, ((0, 0), (0, pad), (0, 0))))}
+    return state.replace(prev=jnp.asarray(np.pad(values, ((0, 0), (0, pad), (0, 0)))))
 
   def _max_width(self) -> int:
     return int(self.schedule.sizes.max())

@@ -154,14 +154,15 @@ class NestedM2T(M2T):
                                    depth=layers[exit_index])
     return self._heads()[exit_index](outs[-1]), cache
 
-  def step_shape(self, step: int) -> tuple[int, int]:
-    """(padded width, exit): steps of equal width and exit share a compilation."""
-    return self.step_width(step), int(self.active_schedule[step])
+  def step_shape(self, step: int) -> tuple[int, int | None, int]:
+    """``M2T.step_shape`` and the step's exit: steps of equal shape and exit share
+    a compilation."""
+    return (*super().step_shape(step), int(self.active_schedule[step]))
 
   def _decode_mixture(self, state, step, shape):
-    width, exit_index = shape
-    mixture, cache = self.step(state["prev"], state["cache"], step, width, exit_index)
-    return mixture, cache, width
+    width, static_step, exit_index = shape
+    return self.step(state.prev, state.cache,
+                     step if static_step is None else static_step, width, exit_index)
 
   # --- size schedules -------------------------------------------------------------
   @property
