@@ -1,6 +1,7 @@
 """`m2t eval`: real byte counts, CompressAI schema, failing images reported."""
 
 import contextlib
+import hashlib
 import io
 import json
 
@@ -53,6 +54,36 @@ def test_results_schema(eval_run):
   assert doc["results"]["num_images"] == [2] and doc["results"]["num_failed"] == [1]
   assert doc["results"]["refine_steps"] == [cli.DEFAULT_REFINE_STEPS]
   assert doc["results"]["refine_lmbda"] == [get_config("m2t", "tiny").lmbda]
+  assert doc["meta"]["split"] == "all" and doc["meta"]["num_inputs"] == 3
+
+
+def test_split_evaluates_only_that_split_and_records_it(tmp_path, photos, capsys):
+  # Names picked by the documented rule (sha256 of the name mod 1000 < 170: val),
+  # computed here without the module.
+  def is_val(name):
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 1000 < 170
+  names = [f"{i:04d}.png" for i in range(100)]
+  val = [n for n in names if is_val(n)][:2]
+  other = [n for n in names if not is_val(n)][:2]
+  (tmp_path / "sub").mkdir()
+  for i, name in enumerate(val + other):
+    folder = tmp_path / "sub" if i % 2 else tmp_path  # the folder does not matter
+    Image.fromarray(photos["coffee.png"]).save(folder / name)
+  output = tmp_path / "r.json"
+  status = cli.main(["eval", "--images", str(tmp_path), "--split", "val", "--config",
+                     "m2t:tiny", "--refine-steps", "0", "--no-progress", "--output",
+                     str(output)])
+  assert status == 0, capsys.readouterr().err
+  with open(output) as f:
+    doc = json.load(f)
+  assert doc["meta"]["split"] == "val" and doc["meta"]["num_inputs"] == 2
+  assert doc["results"]["num_images"] == [2]
+  with open(rd.per_image_path(str(output))) as f:
+    evaluated = sorted(r["image"].split("/")[-1] for r in json.load(f)["images"])
+  assert evaluated == sorted(val)
+  assert cli.main(["eval", "--tfds", "kodak:test", "--split", "test", "--output",
+                   str(tmp_path / "x.json")]) == 1
+  assert "--split selects files of an --images folder" in capsys.readouterr().err
 
 
 def test_bpp_is_the_real_byte_count(eval_run, photos):

@@ -3,6 +3,7 @@
     m2t eval --images DIR --checkpoint CKPT [CKPT ...] --output results.json
     m2t eval --tfds NAME:SPLIT --checkpoint CKPT --output results.json
     m2t eval --images DIR --config m2t:tiny --output results.json  # random model
+    m2t eval --images DIR --split test --output results.json  # the folder's test split
 
 For every checkpoint (one RD point each) and every image: compress to bytes,
 decompress, and measure
@@ -25,6 +26,10 @@ An RD point averages the per-image values over the images that succeeded
 failing image (unreadable file, codec error) is reported on stderr and
 recorded with its error in the per-image file; the run goes on.
 
+``--split val|test|train`` evaluates only that fixed split of the folder
+(``evaluation.splits``: by file name; the validation split decides choices, the
+test split is only measured); ``meta`` records the split and ``num_inputs``.
+
 Output: ``results.json`` in CompressAI's schema (so its plotting tools read
 it) -- ``name``, ``description``, ``meta`` and ``results`` with one entry per
 checkpoint in each list, sorted by bpp -- plus ``results.per_image.json`` with
@@ -42,8 +47,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import tqdm
 
-from m2t_jax.evaluation import metrics
+from m2t_jax.evaluation import metrics, splits
 
 RESULT_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 MS_SSIM_NOTE = ("per image, 5-scale MS-SSIM (Wang 2003; m2t_jax.evaluation.metrics; fewer "
@@ -64,15 +70,20 @@ class ImageItem:
 # --------------------------------------------------------------------------- #
 
 
-def folder_images(directory: str) -> list[ImageItem]:
+def folder_images(directory: str, split: str = "all") -> list[ImageItem]:
   """The PNG/JPEG files under ``directory`` (recursive, sorted), read lazily.
 
   Files are read with ``images.read_rgb``, as ``m2t compress`` reads them
   (greyscale/palette/16-bit converted to RGB, alpha dropped).
 
+  Args:
+    directory: the folder.
+    split: 'all', or only the files of the folder's fixed 'train', 'val' or
+      'test' split (``evaluation.splits``: by file name).
+
   Raises:
     FileNotFoundError: no such directory.
-    ValueError: no image files in it.
+    ValueError: no image files in it (of that split), or an unknown split.
   """
   from m2t_jax import images  # noqa: PLC0415
 
@@ -80,7 +91,7 @@ def folder_images(directory: str) -> list[ImageItem]:
     return lambda: images.read_rgb(path)[0]
 
   return [ImageItem(os.path.relpath(p, directory), loader(p))
-          for p in images.list_images(directory)]
+          for p in splits.list_split(directory, split)]
 
 
 def parse_tfds_spec(spec: str) -> tuple[str, str]:
@@ -115,37 +126,23 @@ def tfds_images(spec: str, data_dir: str | None = None,
 
 
 class Progress:
-  """tqdm's bar when tqdm is installed, else one stderr line per item."""
+  """A tqdm bar on stderr over ``total`` items (nothing when not ``enabled``)."""
 
   def __init__(self, total: int, desc: str, enabled: bool = True):
-    self.total, self.desc, self.enabled, self.count = total, desc, enabled, 0
-    self._bar = None
-    if enabled:
-      try:
-        from tqdm import tqdm  # noqa: PLC0415
-      except ImportError:
-        tqdm = None
-      if tqdm is not None:
-        self._bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
+    self._bar = tqdm.tqdm(total=total, desc=desc, unit="img", file=sys.stderr,
+                          disable=not enabled)
 
   def update(self, line: str) -> None:
-    """One item done; ``line`` is its summary (shown without tqdm)."""
-    self.count += 1
-    if self._bar is not None:
-      self._bar.update(1)
-    elif self.enabled:
-      print(f"{self.desc} [{self.count}/{self.total}] {line}", file=sys.stderr, flush=True)
+    """One item done; ``line`` is its summary, shown after the bar."""
+    self._bar.set_postfix_str(line, refresh=False)
+    self._bar.update(1)
 
   def write(self, message: str) -> None:
-    """A message that does not break the bar."""
-    if self._bar is not None:
-      self._bar.write(message, file=sys.stderr)
-    else:
-      print(message, file=sys.stderr, flush=True)
+    """A message on stderr that does not break the bar."""
+    self._bar.write(message, file=sys.stderr)
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
+    self._bar.close()
 
 
 def finite_or_none(value):
@@ -315,7 +312,7 @@ def _environment() -> dict:
 
 def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], output: str,
         dataset: str, name: str | None = None, progress: bool = True,
-        warmup: bool = True) -> tuple[dict, dict]:
+        warmup: bool = True, split: str = "all") -> tuple[dict, dict]:
   """Evaluates each codec on all items; writes ``output`` and the per-image file.
 
   Args:
@@ -327,6 +324,9 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
     dataset: how the images were chosen ('folder:DIR', 'tfds:NAME:SPLIT').
     name: the curve's name (default: the models' config names).
     progress, warmup: see ``evaluate_codec`` / the module docstring.
+    split: which split of the folder ``items`` are ('all', 'train', 'val',
+      'test': ``evaluation.splits``), recorded in the meta data beside
+      ``num_inputs``, the number of images.
 
   Returns:
     (results document, per-image document), as written.
@@ -355,7 +355,8 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
     points.append(point)
     del codec
   name = name or ", ".join(dict.fromkeys(kinds))
-  meta = {"dataset": dataset, "num_inputs": len(items), "warmup": warmup,
+  meta = {"dataset": dataset, "split": splits.check_split(split), "num_inputs": len(items),
+          "warmup": warmup,
           "bpp": "8 * len(bytes) / (H * W), whole stream incl. header and CRC",
           "psnr-rgb": "per image, MSE over all pixels and channels of the 8-bit decoded "
                       "image; averaged over images",
