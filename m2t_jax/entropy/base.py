@@ -38,7 +38,8 @@ accelerators, where compilations cost seconds each; the stream records which
 (``resolved_step_widths``, ``with_step_widths``), and the decoder does the same.
 ``one_pass_rate``: True when ``rate(tokens, tokens)`` (train=False) gives exactly
 the distributions the decode steps give (M2T's teacher-forced pass), so a rate
-estimate needs no decode loop.
+estimate needs no decode loop. ``full_pass_steps``: True when each decode step is
+one full pass over all tokens (MT), so a decode costs S passes, not about one.
 
 4. **Size schedules** (decode-time model scaling, SEED_MODELS.md §2), only for
    kinds with nested model sizes (``entropy/nested.py``):
@@ -105,6 +106,9 @@ class EntropyModel(nn.Module):
   fields ``latent_channels`` (C) and ``patch_size`` (w_T) and the methods below."""
 
   one_pass_rate = False
+  # True when every decode step is one full pass over all tokens (MT): a decode
+  # then costs S passes rather than about one (tests/test_decode_cost.py).
+  full_pass_steps = False
 
   # --- construction ---------------------------------------------------------
   @classmethod

@@ -52,6 +52,7 @@ class MT(base.EntropyModel):
   # (narrower ones would lump the tail into the escape and look too certain)
 
   one_pass_rate = False  # the rate of S passes needs the decode loop
+  full_pass_steps = True  # every decode step is one full pass
 
   @classmethod
   def from_config(cls, config) -> "MT":
