@@ -20,8 +20,8 @@ Coding a group (the decoder mirrors each step, in the same order):
      Cost of one escape beyond -log2 p(ESCAPE): exactly 5 + 1 + (k - 1) = k + 5
      bits, k = bit_length(|d| - R) <= 32, i.e. at most 37 bits. All Uniform sizes
      are powers of two, which constriction's 24-bit fixed point represents
-     exactly, so there is no rounding loss: measured over 512 escapes, the cost
-     is k + 5 bits each to within the final 32-bit word. Any int32 value
+     exactly, so there is no rounding loss (``tests/test_range_coder.py``
+     checks the cost of escapes). Any int32 value
      round-trips whatever its (int32) centre.
 
 The compressed data is a sequence of uint32 words; on the wire they are
@@ -32,7 +32,7 @@ decodes them in the same order with the same tables.
 Determinism: ``Categorical(perfect=False)`` quantises each float table to fixed
 point deterministically, but tables that differ by even 1 ULP may quantise
 differently and then decoding goes wrong silently. The caller must therefore give
-encoder and decoder bit-identical tables (see the invariants in DESIGN.md). Here,
+encoder and decoder bit-identical tables (docs/architecture.md). Here,
 tables are converted to C-contiguous float64 on both sides: the conversion of
 float32 is exact, and constriction 0.5 silently misreads Fortran-ordered 2-D
 arrays (they code differently from the same table in C order), so contiguity is

@@ -12,7 +12,7 @@ in what they do with each step's tables and which values they feed back:
 
 The encoder feeds the true values, the decoder the values it has just decoded
 (equal), so both run the very same jitted step with the very same inputs and
-get bit-identical tables: the invariant range decoding needs (DESIGN.md). The
+get bit-identical tables: the invariant range decoding needs. The
 narrow tables are built inside that jitted step, never on another path.
 
 Shapes: N patches of L cells with C channels; ``values`` (N, L, C) host arrays in

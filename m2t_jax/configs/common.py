@@ -1,15 +1,15 @@
 """Config fields shared by the MT and M2T configs.
 
-Every field tagged [inferred] in ../shared/M2T_SPEC.md is a field here rather than a
-constant in code. Sizes:
+Every setting the M2T paper leaves open is a field here (tagged [inferred], with
+our choice) rather than a constant in code; docs/architecture.md gives the
+reasons. Sizes:
 
-* ``paper``: exactly SPEC §1-8 (ELIC N=256, C=192; ViT-B 12x768, 12 heads, MLP 3072;
+* ``paper``: the paper's model (ELIC N=256, C=192; ViT-B 12x768, 12 heads, MLP 3072;
   w_T=24, S=12, alpha=2.2, N_M=3, delta=5; batch 32 of 384x384 crops, 1M steps).
-* ``small``: trains on a 2-core CPU in hours. ELIC N=64, C=96 (1/16 of the paper's
+* ``small``: trains on a CPU in hours. ELIC N=64, C=96 (1/16 of the paper's
   conv MACs per pixel), a 4x256 transformer (about 1/27 of ViT-B), w_T=16 so that a
   256x256 crop is exactly one patch of 256 tokens, S=8 (the paper finds little gain
-  past 8), batch 4. An N=96 version measured 15.8 s per step of 8 crops on this
-  2-core CPU (experiments/bench_train.py), far too slow to train here.
+  past 8), batch 4 (training speeds: docs/results/).
 * ``tiny``: for tests; every code path with the smallest shapes that still have
   several groups, several heads and a mixture of 3.
 """
@@ -32,21 +32,21 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.model = model
   c.size = size
 
-  # ELIC transforms (SPEC §2).
+  # ELIC transforms.
   c.elic = ml_collections.ConfigDict()
   c.elic.num_filters = {"paper": 256, "small": 64, "tiny": 16}[size]  # N
-  # Residual bottleneck blocks per stage [inferred: 3]; tiny has one: every path,
-  # 151 parameters instead of 319, and each initialiser is a kernel XLA compiles
-  # (tiny M2T's init: 22 s instead of 30 s on 2 CPU cores; BUILD.md, Tests).
+  # Residual bottleneck blocks per stage [inferred: 3]; tiny has one: every path
+  # with fewer parameters, and each initialiser is a kernel XLA compiles, so the
+  # tests start faster (docs/results/test_suite.md).
   c.elic.num_res_blocks = {"paper": 3, "small": 3, "tiny": 1}[size]
   c.latent_channels = {"paper": 192, "small": 96, "tiny": 8}[size]  # C
 
-  # Tokens and patches (SPEC §3).
+  # Tokens and patches.
   c.patch_size = {"paper": 24, "small": 16, "tiny": 4}[size]  # w_T
   c.embed_delta = 5.0  # inputs are y_hat / delta [paper]
   c.embed_layernorm = True  # LayerNorm after the token embedding [inferred, VCT]
 
-  # Transformer (SPEC §5).
+  # Transformer.
   c.transformer = ml_collections.ConfigDict()
   c.transformer.num_layers = {"paper": 12, "small": 4, "tiny": 2}[size]
   c.transformer.d_model = {"paper": 768, "small": 256, "tiny": 32}[size]
@@ -58,14 +58,14 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # always runs float32). See m2t_jax/nn/precision.py.
   c.compute_dtype = "float32"
 
-  # Mixture head (SPEC §4).
+  # Mixture head.
   c.gmm = ml_collections.ConfigDict()
   c.gmm.num_mixtures = 3  # N_M [paper]
   c.gmm.scale_floor = 0.01  # sigma = floor + softplus(raw) [inferred, VCT]
-  # No bin has less mass than this [inferred]. The spec suggests 1e-9, but the range
-  # coder's 24-bit fixed point gives every symbol at least 2^-24 anyway, so a lower
-  # floor only makes the model's estimate disagree with the real bits (measured on
-  # astronaut, random small M2T: payload/estimate 0.907 at 1e-9, 0.998 at 2^-20).
+  # No bin has less mass than this [inferred]. A floor of 1e-9 would be the obvious
+  # choice, but the range coder's 24-bit fixed point gives every symbol at least
+  # 2^-24 anyway, so a lower floor only makes the model's estimate disagree with
+  # the real bits (docs/results/decode_speed.md).
   c.gmm.prob_floor = 2.0**-20
   # Coding window: integers within +-R of the rounded mixture mean get a table
   # entry, the rest are escaped (m2t_jax/coding/range_coder.py). Table building
@@ -75,27 +75,24 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # only elements whose narrow escape mass exceeds wide_threshold are coded with
   # the +-R table instead (a second, small batch). A trained model is confident
   # about most elements, so this cuts table building and range coding at a
-  # negligible rate cost. Shipped small M2T, r=3 vs one width: +8 bytes on coffee
-  # (0.11%) and on photo 038 (0.06%); at 768x512, 8% of elements are wide and
-  # range coding takes 0.014 s of a 0.405 s decode (experiments/bench_decode.py
-  # --config small --weights shipped --image-size 768x512 --steps 8). Elements
-  # below the threshold pay at most ~2^-10 x 40 bits each in expected escapes.
+  # negligible rate cost (docs/results/decode_speed.md). Elements below the
+  # threshold pay at most ~2^-10 x 40 bits each in expected escapes.
   # narrow_radius = 0 (or >= table_radius): one width, R, for every element.
   c.gmm.narrow_radius = {"paper": 3, "small": 3, "tiny": 2}[size]
   c.gmm.wide_threshold = 2.0**-10
 
-  # Schedule (SPEC §6).
+  # Schedule.
   c.schedule = ml_collections.ConfigDict()
   c.schedule.num_steps = {"paper": 12, "small": 8, "tiny": 4}[size]  # S
   c.schedule.alpha = 2.2
   c.schedule.order = "qlds"  # qlds | random | raster | entropy (MT only)
   c.schedule.seed = 0  # seed of the 'random' order
 
-  # MT training masks (SPEC §7): fraction of masked tokens ~ U(min, max) [inferred].
+  # MT training masks: fraction of masked tokens ~ U(min, max) [inferred].
   c.mt_mask_ratio_min = 0.05
   c.mt_mask_ratio_max = 0.99
 
-  # Rate-distortion loss and training (SPEC §1, §8).
+  # Rate-distortion loss and training.
   c.lmbda = 0.01 * 2.0 ** -3  # lambda on MSE over 0..255 [inferred grid]
   c.lmbda_warmup_factor = 10.0  # lambda x10 ...
   c.lmbda_warmup_fraction = 0.15  # ... for the first 15% of steps [paper]
@@ -112,8 +109,8 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   c.grad_clip_norm = 1.0
   c.seed = 0
 
-  # --- training / data (issue 4) ---
-  # Input pipeline (m2t_jax/data.py). `source` is 'folder' (PNG/JPEG files under
+  # --- training / data ---
+  # Input pipeline (m2t_jax/train/data.py). `source` is 'folder' (PNG/JPEG files under
   # train_dir, recursive) or 'tfds' (an array_record TFDS dataset, read through
   # tfds.data_source without TensorFlow).
   c.data = ml_collections.ConfigDict()

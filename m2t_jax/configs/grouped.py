@@ -2,9 +2,10 @@
 (paper | small | tiny); `m2t_jax.get_config("grouped", size)`.
 
 The autoencoder, patches, mixture head, tables and training fields are the M2T
-config's (``common.py``); the ``grouped`` fields below are the choices SEED_MODELS.md
-§1 marks [inferred]. A patch has k_c * k_s groups of Q = w_T^2 / k_s tokens, so k_c
-times the tokens of M2T; how each size pays for that:
+config's (``common.py``); the ``grouped`` fields below are our choices where the
+GroupedMixer paper leaves them open (docs/architecture.md). A patch has k_c * k_s
+groups of Q = w_T^2 / k_s tokens, so k_c times the tokens of M2T; how each size
+pays for that:
 
 * ``small``: C=96 in 4 uneven slices (16, 16, 32, 32) x the four 2x2 phases = 16
   groups of 64 tokens. k_c = 4 times M2T's tokens at a quarter of the width
@@ -14,8 +15,7 @@ times the tokens of M2T; how each size pays for that:
 * ``paper``: C=192 in ELIC-style uneven slices (16, 16, 32, 64, 64) x the four 2x2
   phases = 20 groups of 144 tokens, with the ViT-B stack of the paper M2T (12 x
   768, 12 heads, MLP 3072): the same transformer parameters, about 5x its FLOPs
-  per patch, as SEED_MODELS.md §1 expects ("the bet is a lower rate from channel
-  context").
+  per patch: the bet is a lower rate from channel context.
 * ``tiny``: tests; 2 equal slices x a checkerboard = 4 groups of 8 tokens.
 
 ``schedule.*`` (M2T's power schedule) is not read by this kind;

@@ -2,7 +2,7 @@
 `--config=m2t_jax/configs/nested.py:small` (paper | small | tiny).
 
 The M2T fields of ``common.py`` plus ``nested``: depth exits after about L/3,
-2L/3 and L blocks (SEED_MODELS.md §2), their training weights, and the encoder's
+2L/3 and L blocks (docs/architecture.md), their training weights, and the encoder's
 schedules. ``tiny`` has 3 blocks (M2T tiny has 2) so that it has three exits.
 """
 
@@ -24,8 +24,7 @@ def get_config(size: str = "paper"):
   c.nested.exit_weights = (1.0, 1.0, 1.0)
   # The encoder's default schedule (a name or exit indices; the stream stores
   # the indices) and the exits of 'fast' (() = the exit before the last at every
-  # step: the best time saved per % of rate measured on the small config,
-  # m2t_jax/entropy/nested.py).
+  # step: the best time saved per % of rate; m2t_jax/entropy/nested.py).
   c.nested.size_schedule = "full"
   c.nested.fast_schedule = ()
   return c

@@ -41,7 +41,7 @@ the distributions the decode steps give (M2T's teacher-forced pass), so a rate
 estimate needs no decode loop. ``full_pass_steps``: True when each decode step is
 one full pass over all tokens (MT), so a decode costs S passes, not about one.
 
-4. **Size schedules** (decode-time model scaling, SEED_MODELS.md §2), only for
+4. **Size schedules** (decode-time model scaling, docs/architecture.md), only for
    kinds with nested model sizes (``entropy/nested.py``):
    ``resolve_size_schedule(spec)`` turns the encoder's choice (None = the
    config's default, a name, or one exit index per step) into a tuple of exit
@@ -59,6 +59,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,7 +99,21 @@ class PlannedStep:
     return self.channels[1] - self.channels[0]
 
 
-State = Any  # a pytree of arrays
+State = Any  # a pytree of arrays; each kind types its own (e.g. ``CacheState``)
+
+
+@flax.struct.dataclass
+class CacheState:
+  """Decode state of a kind that feeds the last decoded group's values into a
+  static key/value cache (M2T, GroupedMixer).
+
+  cache: one {"k", "v"} dict per cached layer, each (N', slots, heads, head_dim)
+    (``nn/transformer.py``; N' is N patches, or N x blocks for GroupedMixer).
+  prev: (N, P, c) float32: the last decoded group's values in the order of its
+    cells (P = the widest group for M2T, padded with zeros).
+  """
+  cache: list
+  prev: jax.Array
 
 
 class EntropyModel(nn.Module):
@@ -188,21 +203,21 @@ class EntropyModel(nn.Module):
     return self
 
 
-def shifted_cache_step(model, state, step: int, cells):
+def shifted_cache_step(model, state: CacheState, step: int, cells):
   """``decode_step`` of a kind whose ``step(prev, cache, i)`` (i a Python int)
-  feeds group i-1's values (``state['prev']``) into a static k/v cache and reads
+  feeds group i-1's values (``state.prev``) into a static k/v cache and reads
   group i's mixtures. cells: the group's cells (g,), the same in every patch.
   Returns (cells int32 (N, g), mixture, state)."""
-  mixture, cache = model.step(state["prev"], state["cache"], step)
+  mixture, cache = model.step(state.prev, state.cache, step)
   cells = jnp.asarray(cells, jnp.int32)
-  cells = jnp.broadcast_to(cells, (state["prev"].shape[0], cells.shape[0]))
-  return cells, mixture, {"cache": cache, "prev": state["prev"]}
+  cells = jnp.broadcast_to(cells, (state.prev.shape[0], cells.shape[0]))
+  return cells, mixture, state.replace(cache=cache)
 
 
-def shifted_cache_update(state, values):
+def shifted_cache_update(state: CacheState, values) -> CacheState:
   """``decode_update`` of such a kind: the next step feeds exactly this group's
   values (N, g, c), in the order decoded."""
-  return {"cache": state["cache"], "prev": jnp.asarray(values, jnp.float32)}
+  return state.replace(prev=jnp.asarray(values, jnp.float32))
 
 
 def transformer_fields(config) -> dict:

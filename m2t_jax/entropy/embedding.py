@@ -1,4 +1,4 @@
-"""Token embedding shared by MT and M2T (SPEC §3).
+"""Token embedding shared by MT and M2T.
 
 A token is one C-vector of y_hat. Known tokens enter as y_hat / delta, unknown ones
 as a learned mask vector (C,), both through one Dense C -> d_model; learned

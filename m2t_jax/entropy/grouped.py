@@ -1,5 +1,5 @@
 """GroupedMixer: spatial-channel groups, inner- and cross-group mixers, a context
-cache (Li et al., arXiv 2405.01170; our reading in SEED_MODELS.md §1).
+cache (Li et al., arXiv 2405.01170; our reading in docs/architecture.md).
 
 The patch's elements are cut into G = k_c * k_s groups (``grouping.py``): group
 i = (channel slice c, spatial subset s), coded channel-slice-major (or
@@ -286,12 +286,12 @@ class GroupedMixer(base.EntropyModel):
                                   groups.channels(groups.slice_of(i)), groups.cells(i))
                  for i in range(groups.num_groups))
 
-  def init_decode_state(self, valid):
-    """{'cache': empty cross-group k/v cache, 'prev': (N, Q, 0)}."""
+  def init_decode_state(self, valid) -> base.CacheState:
+    """An empty cross-group k/v cache and no values yet (prev (N, Q, 0))."""
     n = np.asarray(valid).shape[0]
     groups = self.grouping
-    return {"cache": self.init_cache(n),
-            "prev": jnp.zeros((n, groups.num_blocks, 0), jnp.float32)}
+    return base.CacheState(cache=self.init_cache(n),
+                           prev=jnp.zeros((n, groups.num_blocks, 0), jnp.float32))
 
   def decode_step(self, state, step, shape: int):
     """Feeds group step-1's values, reads group ``step``'s mixtures (``shape`` is

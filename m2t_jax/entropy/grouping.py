@@ -1,4 +1,4 @@
-"""The spatial-channel groups of GroupedMixer (SEED_MODELS.md §1): pure numpy.
+"""The spatial-channel groups of GroupedMixer (docs/architecture.md): pure numpy.
 
 A patch of L = w_T^2 cells and C channels is cut into
 

@@ -1,4 +1,4 @@
-"""M2T: masked inputs *and* masked attention, decoded from a k/v cache (SPEC §7).
+"""M2T: masked inputs *and* masked attention, decoded from a k/v cache.
 
 For a fixed schedule (order, sizes g_1 <= ... <= g_S) a patch's L = w_T^2 tokens
 become L slots; group i owns slots [o_i, o_i + g_i) (``schedules.m2t_index_maps``).
@@ -19,7 +19,7 @@ order of ``schedule.group(i)`` for ``step``.
 
 As an ``entropy.base.EntropyModel``: ``rate`` is the teacher-forced pass (exactly
 the decode steps' distributions, so ``one_pass_rate``); decode state = the k/v
-cache and the previous group's values (``M2TState``). How the steps compile is
+cache and the previous group's values (``base.CacheState``). How the steps compile is
 ``step_widths``: 'exact' runs each step at its own group size and static offset,
 attending only to the cache prefix it needs (S compilations, no wasted work:
 the CPU choice, where compiling is cheap and every padded row costs run time);
@@ -32,7 +32,6 @@ Encoder and decoder on one backend pick the same, so their tables agree.
 import functools
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,18 +68,6 @@ def _padded_groups(*key):
   width = int(sched.sizes.max())
   return np.stack([np.pad(sched.group(i), (0, width - sched.sizes[i]), mode="edge")
                    for i in range(sched.num_steps)]).astype(np.int32)
-
-
-@flax.struct.dataclass
-class M2TState:
-  """M2T's decode state between steps.
-
-  cache: the k/v cache (``init_cache``): per layer (N, L + g_max, heads, head_dim).
-  prev: (N, g_max, C) float32: the last decoded group's values in the order of
-    its cells, then zeros (the slots past them read the mask token).
-  """
-  cache: tfm.Cache
-  prev: jax.Array
 
 
 STEP_WIDTHS = ("auto", "exact", "shared")
@@ -269,13 +256,13 @@ class M2T(base.EntropyModel):
     one each, shared ones one per width."""
     return self.step_width(step), (step if self.exact_steps() else None)
 
-  def init_decode_state(self, valid) -> M2TState:
+  def init_decode_state(self, valid) -> base.CacheState:
     """An empty k/v cache and zero values: nothing decoded."""
     n = np.asarray(valid).shape[0]
-    return M2TState(cache=self.init_cache(n),
+    return base.CacheState(cache=self.init_cache(n),
                     prev=jnp.zeros((n, self._max_width(), self.latent_channels), jnp.float32))
 
-  def decode_step(self, state: M2TState, step, shape):
+  def decode_step(self, state: base.CacheState, step, shape):
     """Feeds group step-1's values, reads group ``step``'s mixtures; ``step`` is
     traced, ``shape`` = ``step_shape(step)`` static. Cells (N, width): the
     group's, then (padded steps) copies of its last cell (rows the loop drops)."""
@@ -288,13 +275,13 @@ class M2T(base.EntropyModel):
     cells = jnp.broadcast_to(groups[:width], (state.prev.shape[0], width))
     return cells, mixture, state.replace(cache=cache)
 
-  def _decode_mixture(self, state: M2TState, step, shape):
+  def _decode_mixture(self, state: base.CacheState, step, shape):
     """(Mixture (N, width, C, K), cache) of a decode step of ``shape``."""
     width, static_step = shape[0], shape[1]
     return self.step(state.prev, state.cache,
                      step if static_step is None else static_step, width)
 
-  def decode_update(self, state: M2TState, step, cells, values) -> M2TState:
+  def decode_update(self, state: base.CacheState, step, cells, values) -> base.CacheState:
     """The next step feeds exactly this group's values (N, g, C), padded to g_max."""
     del step, cells
     values = np.asarray(values, np.float32)

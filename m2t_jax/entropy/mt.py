@@ -1,4 +1,4 @@
-"""MT: MaskGIT-like masked transformer with full attention (SPEC §7).
+"""MT: MaskGIT-like masked transformer with full attention.
 
 Training masks a random 5%-99% of each patch's tokens (the mask vector replaces
 them), runs full bidirectional attention and pays the bits of the masked tokens
@@ -17,6 +17,7 @@ compilation serves all steps (the step's cells are padded to the largest group).
 """
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +26,17 @@ from m2t_jax.entropy import base, gmm, schedules
 from m2t_jax.entropy.embedding import LocationEmbedding, TokenEmbedding
 from m2t_jax.entropy.gmm import Mixture, MixtureHead
 from m2t_jax.nn import transformer as tfm
+
+
+@flax.struct.dataclass
+class MTState:
+  """MT's decode state: every full pass reads all tokens.
+
+  tokens: (N, L, C) float32, the values decoded so far (zeros elsewhere).
+  known: (N, L) bool, the cells decoded so far (and the padding cells).
+  """
+  tokens: jax.Array
+  known: jax.Array
 
 
 class MT(base.EntropyModel):
@@ -118,12 +130,11 @@ class MT(base.EntropyModel):
     return tuple(base.PlannedStep(int(sched.sizes[i]), channels, sched.group(i))
                  for i in range(sched.num_steps))
 
-  def init_decode_state(self, valid):
-    """{'tokens': (N, L, C) float32 zeros, 'known': (N, L) bool}; padding cells
-    are known from the start (zeros) and never coded."""
+  def init_decode_state(self, valid) -> "MTState":
+    """Nothing known but the padding cells (zeros, never coded)."""
     valid = np.asarray(valid)
-    return {"tokens": jnp.zeros(valid.shape + (self.latent_channels,), jnp.float32),
-            "known": jnp.asarray(~valid)}
+    return MTState(tokens=jnp.zeros(valid.shape + (self.latent_channels,), jnp.float32),
+                   known=jnp.asarray(~valid))
 
   def step_shape(self, step: int) -> None:
     return None  # one full pass per step: one compilation serves them all
@@ -131,7 +142,7 @@ class MT(base.EntropyModel):
   def decode_step(self, state, step, shape=None):
     """One full pass; cells (N, g_max) padded to the largest group (traced step)."""
     del shape
-    tokens, known = state["tokens"], state["known"]
+    tokens, known = state.tokens, state.known
     g_max = int(self.group_sizes.max())
     mixture = self(tokens, known)
     if self.order == "entropy":
@@ -153,8 +164,8 @@ class MT(base.EntropyModel):
   def decode_update(self, state, step, cells, values):
     del step
     rows = np.arange(cells.shape[0])[:, None]
-    return {"tokens": state["tokens"].at[rows, cells].set(jnp.asarray(values, jnp.float32)),
-            "known": state["known"].at[rows, cells].set(True)}
+    return MTState(tokens=state.tokens.at[rows, cells].set(jnp.asarray(values, jnp.float32)),
+                   known=state.known.at[rows, cells].set(True))
 
 
 def random_mask(rng: jax.Array, batch: int, num_tokens: int, ratio_min: float,
@@ -169,13 +180,6 @@ def random_mask(rng: jax.Array, batch: int, num_tokens: int, ratio_min: float,
   count = jnp.maximum(jnp.ceil(ratio * num_tokens), 1)
   rank = jnp.argsort(jnp.argsort(jax.random.uniform(rng_rank, (batch, num_tokens)), -1), -1)
   return rank < count
-
-
-def known_before_step(schedule: schedules.Schedule, step: int) -> np.ndarray:
-  """Static (L,) bool: cells of groups < ``step`` of a fixed schedule."""
-  known = np.zeros(len(schedule.order), bool)
-  known[schedule.order[:schedule.offsets[step]]] = True
-  return known
 
 
 def select_lowest_entropy(entropy: jax.Array, known: jax.Array, size: int) -> jax.Array:

@@ -1,5 +1,5 @@
 """Nested M2T: depth exits in one set of parameters and decode-time size
-schedules (MaGNeTS-style decode-time scaling; SEED_MODELS.md §2).
+schedules (MaGNeTS-style decode-time scaling; docs/architecture.md).
 
 The M2T of ``entropy/m2t.py`` with exits after ``exit_layers`` = (d_0 < ... <
 d_{E-1} = num_layers) transformer blocks, each with its own LayerNorm and
@@ -25,11 +25,10 @@ Names (``resolve_size_schedule``): 'full' (the last exit at every step; decodes
 exactly like the M2T of the same parameters), 'fast' (``fast_schedule`` if the
 config sets one, else the exit before the last at every step), 'smallest' (exit
 0 everywhere), or one exit index per step ('2,2,1,0' or a sequence). Why 'fast'
-is the second-largest exit everywhere: on the small config trained from the
-shipped M2T (``experiments/size_schedules.py``, README), of the Pareto
-schedules it saved the most predicted decode time per % of rate (0.45x the
-time for +6.2% estimated bpp); schedules that keep the full model for the early
-steps save little time, because the late steps hold most of the tokens. The encoder
+is the second-largest exit everywhere: of the Pareto schedules it saved the
+most predicted decode time per % of rate (``experiments/size_schedules.py``,
+docs/results/size_schedules.md); schedules that keep the full model for the
+early steps save little time, because the late steps hold most of the tokens. The encoder
 chooses; the stream stores the indices (``coding/bitstream.py``); the decoder
 runs them.
 

@@ -1,4 +1,4 @@
-"""Latent <-> token patches (SPEC §3).
+"""Latent <-> token patches.
 
 A latent (B, h, w, C) is padded at the bottom/right to multiples of w_T, cut into
 non-overlapping w_T x w_T patches, and the patches are folded into the batch:

@@ -1,4 +1,4 @@
-"""Masking schedules (SPEC §6): group sizes, location orders, M2T index maps.
+"""Masking schedules: group sizes, location orders, M2T index maps.
 
 Everything here is pure numpy and deterministic: a schedule is static data that
 encoder, decoder and training share. Conventions:
@@ -137,7 +137,7 @@ class M2TIndexMaps(NamedTuple):
 
 
 def m2t_index_maps(order: np.ndarray, sizes: np.ndarray) -> M2TIndexMaps:
-  """M2T slots for ``order`` cut into groups of ``sizes`` (SPEC §7).
+  """M2T slots for ``order`` cut into groups of ``sizes``.
 
   Group i's slots read the values of group i-1's cells (in order), then mask
   tokens up to g_i slots; group 1 reads only mask tokens. Requires g_{i-1} <= g_i.

@@ -1,4 +1,4 @@
-"""ELIC analysis and synthesis transforms (SPEC §2, after VCT's elic.py).
+"""ELIC analysis and synthesis transforms (after VCT's elic.py).
 
 ElicAnalysis: image (B, H, W, 3) -> latent (B, H/16, W/16, C); H and W must be
 multiples of 16 (``m2t_jax.model`` pads images to that). ElicSynthesis is the

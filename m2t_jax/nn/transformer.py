@@ -127,7 +127,7 @@ class Transformer(nn.Module):
 
 
 class NestedTransformer(Transformer):
-  """A Transformer with depth exits (MaGNeTS-style nesting, SEED_MODELS.md §2):
+  """A Transformer with depth exits (MaGNeTS-style nesting, docs/architecture.md):
   the output after the first d blocks for every d in ``exits`` (increasing, the
   last = num_layers), each through its own LayerNorm. The last exit's is
   ``ln_final`` and the blocks keep their names, so a Transformer's parameters
