@@ -24,7 +24,7 @@ lines it printed, and the next one starts, so one slow part cannot eat the rest;
 | bench_decode  |   180 | ``bench_decode`` paper config, 2000x1500, S = 12, each     |
 |               |       | kind in its own process: M2T 70, MT 45, GroupedMixer 35,   |
 |               |       | nested M2T 30 s (size schedules full and fast)             |
-| bench_train   |    60 | ``bench_train`` paper config: steps/s, images/s, MFU,      |
+| bench_train   |    60 | ``bench_train`` M2T paper config: steps/s, images/s, MFU,  |
 |               |       | float32 and bfloat16 (``config.compute_dtype``)             |
 
 Total 535 s of limits plus start-up.
@@ -62,7 +62,7 @@ LIMITS = {"devices": 20, "roundtrip": 125, "two_process": 90, "cpu_to_device": 6
 # bench_decode runs once per kind, each under its own limit, the paper's kind
 # first; other kinds get LIMITS["bench_decode"].
 DECODE_LIMITS = {"m2t": 70, "mt": 45, "grouped": 35, "nested": 30}
-DECODE_ARGS = {"nested": ["--size-schedule", "full", "fast"]}
+DECODE_ARGS = {"nested": ["--size-schedules", "full", "fast"]}
 DECODE_ORDER = ("m2t", "mt")  # then the other registered kinds
 QUICK_LIMITS = {k: 400 for k in LIMITS}  # a CPU with few cores compiles slowly
 
@@ -244,14 +244,21 @@ def _script(name, argv, limit, env):
 
 
 # The two benchmark scripts' command lines, in their own flags.
+def _output_argv(output) -> list[str]:
+  """--output-dir and --output-name of the results file ``output`` (a .json path)."""
+  folder, name = os.path.split(os.path.splitext(output)[0])
+  return ["--output-dir", folder or ".", "--output-name", name]
+
+
 def _bench_decode_argv(size, image, steps, kind, repeats, output) -> list[str]:
-  return ["--config", size, "--image-size", image, "--steps", steps, "--model", kind,
-          "--repeats", repeats, "--output", output]
+  return ["--size", size, "--image-size", image, "--decode-steps", steps, "--kinds", kind,
+          "--repeats", repeats, *_output_argv(output)]
 
 
 def _bench_train_argv(size, dtypes, output, quick) -> list[str]:
-  return [f"--sizes={size}", f"--dtypes={dtypes}", "--steps=3", "--warmup=1",
-          f"--output={output}", *(["--batch_size=1"] if quick else [])]
+  return ["--sizes", size, "--kinds", "m2t", "--dtypes", *dtypes, "--train-steps", "3",
+          "--untimed-steps", "1", *_output_argv(output),
+          *(["--batch-size", "1"] if quick else [])]
 
 
 def run(args) -> dict:
@@ -305,7 +312,7 @@ def run(args) -> dict:
   train_json = os.path.join(args.output_dir, "bench_train.json")
   # --quick trains float32 only: compiling the tiny train step is most of its
   # time on a CPU, and tests/test_precision.py already trains every kind in both.
-  dtypes = "float32" if args.quick else "float32,bfloat16"
+  dtypes = ["float32"] if args.quick else ["float32", "bfloat16"]
   record = _script("bench_train", _bench_train_argv(size, dtypes, train_json, args.quick),
                    limits["bench_train"], _env(shared))
   if os.path.exists(train_json):

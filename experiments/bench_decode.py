@@ -1,9 +1,9 @@
 """Decode-time benchmark of every entropy-model kind (paper Fig. 4 / §4 speed claims).
 
-  python experiments/bench_decode.py --config paper --image-size 384x384 \
-      --steps 2 4 8 12 --model all --output out/bench_decode.json
+  python -m experiments.bench_decode --size paper --image-size 384x384 \
+      --decode-steps 2 4 8 12 --kinds all
 
-For each kind (--model: registered kind names, or 'all') and number of steps S
+For each kind (--kinds: registered kind names, or 'all') and number of steps S
 (``schedule.num_steps``; a kind whose coding plan has another number of steps
 runs that, recorded as ``decode_steps``),
 on whatever device JAX uses, after a warm-up call (compile time is reported
@@ -23,24 +23,23 @@ separately), medians over --repeats; only the entropy-model interface is used:
   decode_peak_rss_mb with --decode-rss: peak memory of a fresh process that only
                      builds the codec and decodes the stream
 
-Writes JSON (--output), a markdown table (.md) and a PNG plot of decode time vs S
-(.png, when matplotlib is installed) beside it.
+Writes ``{"records": [...]}`` (with the run's provenance) to
+``<--output-dir>/<--output-name>.json``, a markdown table (.md) and a PNG plot of
+decode time vs S (.png, when matplotlib is installed) beside it.
 
 Weights (--weights): random by default; the transformer and synthesis times do
 not depend on them. The coding time does: a random model is miscalibrated, codes
 more bits and needs more wide tables (``wide_fraction``: the share of elements
 coded with +-R tables instead of narrow ones). ``--weights shipped`` loads the
 shipped model of each kind ('all': the kinds that ship; its size must be
---config's) with S set to --steps.
+--size) with S set to --decode-steps.
 
-Size schedules (--size-schedule, kinds with nested sizes such as 'nested'): each
+Size schedules (--size-schedules, kinds with nested sizes such as 'nested'): each
 named schedule ('full', 'fast', 'smallest', or exits '2,2,1,0') is timed as its
 own record (``size_schedule``: the exits); kinds with one size run once.
 """
 
-import argparse
 import json
-import os
 import resource
 import statistics
 import sys
@@ -50,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from m2t_jax import Codec, get_config, models
 from m2t_jax.coding import tables as coding_tables
 from m2t_jax.coding.steps import CodingLoop
@@ -84,6 +84,8 @@ def _transformer_fn(codec, tokens, valid, size_schedule=None):
   model = codec.entropy_coder.scheduled(size_schedule)
   params = codec.params["entropy_model"]
   plan = model.coding_plan()
+  # Not the codec's jitted step (coding.steps.step_fn): that one also builds the
+  # narrow tables, which this timing leaves out (tables_s measures them).
   step = jax.jit(lambda p, s, i, shape: model.apply({"params": p}, s, i, shape,
                                                    method="decode_step"),
                  static_argnums=3, donate_argnums=1)
@@ -139,7 +141,7 @@ def _codec(size: str, kind: str, steps: int, weights: str) -> Codec:
   shipped = Codec.load(kind)
   if shipped.config.size != size:
     raise SystemExit(f"the shipped {kind} model is of size {shipped.config.size!r}, "
-                     f"not {size!r}: use --config {shipped.config.size}")
+                     f"not {size!r}: use --size {shipped.config.size}")
   config = shipped.config.as_configdict()
   config.schedule.num_steps = steps
   return Codec(config, shipped.params)
@@ -265,44 +267,44 @@ def _plot(records, path):
   return True
 
 
+def build_parser():
+  p = common.parser("bench_decode", __doc__)
+  common.add(p, "--size", default="tiny", choices=["paper", "small", "tiny"])
+  common.add(p, "--kinds", nargs="+", default=["all"], detail="or 'all'")
+  common.add(p, "--decode-steps", type=int, nargs="+", default=[12])
+  common.add(p, "--weights", default="random", choices=["random", "shipped"])
+  common.add(p, "--size-schedules", nargs="+", default=None,
+             detail="kinds with nested sizes only (default: the model's)")
+  common.add(p, "--decode-rss", action="store_true")
+  common.add(p, "--image-size", default="384x384")
+  common.add(p, "--repeats", type=int, default=3)
+  common.add_output(p, "bench_decode")
+  return p
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="tiny", choices=["paper", "small", "tiny"])
-  parser.add_argument("--image-size", default="384x384", help="WxH")
-  parser.add_argument("--steps", type=int, nargs="+", default=[12])
-  parser.add_argument("--model", nargs="+", default=["all"],
-                      help=f"kinds to time ({', '.join(registry.names())}) or 'all'")
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--output", default="out/bench_decode.json")
-  parser.add_argument("--weights", default="random", choices=["random", "shipped"])
-  parser.add_argument("--size-schedule", nargs="+", default=None,
-                      help="kinds with nested sizes: schedules to time, e.g. full "
-                           "fast smallest 2,2,1,0 (default: the model's)")
-  parser.add_argument("--decode-rss", action="store_true",
-                      help="also measure a decode-only process's peak memory")
-  args = parser.parse_args(argv)
+  args = common.parse(build_parser(), argv)
   width, height = (int(v) for v in args.image_size.lower().split("x"))
   if args.weights == "shipped":  # 'all' = the kinds that ship (no shipped nested model)
-    kinds = models.kinds() if "all" in args.model else args.model
+    kinds = models.kinds() if "all" in args.kinds else args.kinds
     unshipped = [kind for kind in kinds if kind not in models.kinds()]
     if unshipped:  # before any timing, not after the first kinds have run
       raise SystemExit(f"no shipped model of kind {', '.join(unshipped)}; the shipped "
                        f"kinds are {', '.join(models.kinds())}")
   else:
-    kinds = list(registry.names()) if "all" in args.model else args.model
+    kinds = list(registry.names()) if "all" in args.kinds else args.kinds
   for kind in kinds:
     registry.get(kind)  # ValueError naming the known kinds
   records = []
-  for steps in args.steps:
+  for steps in args.decode_steps:
     for kind in kinds:
-      scheduled = registry.build(get_config(kind, args.config)).resolve_size_schedule()
-      for size_schedule in (args.size_schedule or [None]) if scheduled else [None]:
-        record = bench_one(args.config, kind, steps, width, height, args.repeats,
+      scheduled = registry.build(get_config(kind, args.size)).resolve_size_schedule()
+      for size_schedule in (args.size_schedules or [None]) if scheduled else [None]:
+        record = bench_one(args.size, kind, steps, width, height, args.repeats,
                            args.decode_rss, args.weights, size_schedule)
         records.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)
-  for steps in args.steps:
+  for steps in args.decode_steps:
     by = {r["model"]: r for r in records if r["steps"] == steps
           and not r["size_schedule"]}
     if "mt" in by and "m2t" in by:  # the paper's headline ratio (Fig. 4)
@@ -310,15 +312,11 @@ def main(argv=None):
   for r in records:
     r["transformer_over_one_pass"] = r["transformer_s"] / r["one_pass_s"]
     r["coding_share"] = r["coding_s"] / r["full_decode_s"]
-  out = {"argv": sys.argv[1:] if argv is None else argv, "jax": jax.__version__,
-         "records": records}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(out, f, indent=1)
+  common.write_json(common.output_path(args, ".json"), {"records": records}, args)
   table = _markdown(records)
-  with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+  with open(common.output_path(args, ".md"), "w") as f:
     f.write(table + "\n")
-  _plot(records, os.path.splitext(args.output)[0] + ".png")
+  _plot(records, common.output_path(args, ".png"))
   print(table)
 
 

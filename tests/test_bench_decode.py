@@ -1,4 +1,4 @@
-"""experiments/bench_decode.py: argument handling that must fail before any timing."""
+"""python -m experiments.bench_decode: argument handling that must fail before any timing."""
 
 import json
 import os
@@ -15,11 +15,11 @@ def test_shipped_weights_refuse_an_unshipped_kind_before_timing(tmp_path):
   manifest = json.load(open(os.path.join(ROOT, "m2t_jax/models/manifest.json")))
   shipped = {m["kind"] for m in manifest["models"].values()}
   assert "nested" not in shipped and "m2t" in shipped
-  out = tmp_path / "bench.json"
+  out = tmp_path / "bench"
   with pytest.raises(SystemExit, match="no shipped model of kind nested") as info:
     load_experiment("bench_decode").main(
-        ["--config", "small", "--weights", "shipped", "--model", "m2t", "nested",
-         "--image-size", "32x32", "--steps", "2", "--output", str(out)])
+        ["--size", "small", "--weights", "shipped", "--kinds", "m2t", "nested",
+         "--image-size", "32x32", "--decode-steps", "2", "--output-dir", str(out)])
   for kind in shipped:  # the message lists what does ship
     assert kind in str(info.value)
-  assert not out.exists()
+  assert not out.exists()  # nothing written, not even the output folder
