@@ -20,11 +20,12 @@ What to expect across machines: see ``coding/entropy_coder.py`` (encode and
 decode on the same kind of device and software; otherwise a wrong decode raises
 ``DecodeMismatchError`` rather than returning a wrong image).
 
-Encoder-side refinement (``refine.py``): ``codec.refine = RefineSettings(steps=N)``
-(or ``compress(image, refine=N)``) searches, per image, for a latent with a lower
-RD loss than E's before coding it; decoding is unchanged. Off (0 steps) by
-default in Python; ``m2t compress`` and ``m2t eval`` turn it on
-(``--refine-steps``).
+Encoder-side refinement (``refine.py``): ``compress(image, effort=N)`` (an
+effort level, 0 to ``refine.MAX_EFFORT``), ``codec.refine =
+RefineSettings(steps=N)`` or ``compress(image, refine=N)`` searches, per image, for
+a latent with a lower RD loss than E's before coding it; decoding is unchanged.
+Off (effort 0) by default in Python; ``m2t compress`` and ``m2t eval`` turn it on
+(``--effort``, default ``refine.DEFAULT_EFFORT``).
 
 Hostile streams: every failure is a ``BitstreamError`` with a message naming the
 check; a header claiming more than ``max_pixels`` pixels (default Pillow's
@@ -101,15 +102,16 @@ class Codec:
   """A full model (E, D, entropy model) and its parameters."""
 
   def __init__(self, config, params, max_pixels: int = bitstream.DEFAULT_MAX_PIXELS,
-               refine: "RefineSettings | int" = 0):
+               refine: "RefineSettings | int | None" = None, effort: int | None = None):
     """config, params: a full model's; max_pixels: the largest image (height x
     width) ``decompress`` accepts from a header, settable later as
     ``codec.max_pixels``; refine: the encoder's latent refinement
-    (``RefineSettings`` or a number of steps; 0: none), settable later as
+    (``RefineSettings`` or a number of steps; None or 0: none), or effort: an
+    effort level (``RefineSettings.for_effort``; not both), settable later as
     ``codec.refine``; images above ``codec.refine_max_pixels`` pixels are coded
     unrefined (memory)."""
     self.max_pixels = int(max_pixels)
-    self.refine = self._refine_settings(refine, RefineSettings())
+    self.refine = self._refine_settings(refine, RefineSettings(), effort)
     self.refine_max_pixels = refine_lib.MAX_PIXELS
     self._refine_steps = {}  # jitted refinement steps, per image shape and settings
     config = precision.coding_config(config)  # always float32 (nn/precision.py)
@@ -136,16 +138,18 @@ class Codec:
   @classmethod
   def load(cls, path: str | None = None,
            max_pixels: int = bitstream.DEFAULT_MAX_PIXELS,
-           refine: "RefineSettings | int" = 0) -> "Codec":
+           refine: "RefineSettings | int | None" = None,
+           effort: int | None = None) -> "Codec":
     """A trained model.
 
     path: a folder written by ``save`` (config.json + params.npz); or None for
       the default model shipped in the package; or the name of a shipped model
       (a kind such as 'm2t' or 'mt', or a name from ``m2t_jax/models/manifest.json``).
+    refine, effort: the encoder's latent refinement (see ``__init__``).
     Raises FileNotFoundError when there is no such model.
     """
     return cls(*saved_model.load_params(saved_model.locate(path)), max_pixels=max_pixels,
-               refine=refine)
+               refine=refine, effort=effort)
 
   def save(self, path: str) -> None:
     """Writes config.json and params.npz (parameters only) into folder ``path``."""
@@ -157,8 +161,14 @@ class Codec:
 
   # --- the autoencoder ----------------------------------------------------------
   @staticmethod
-  def _refine_settings(refine, default) -> RefineSettings:
-    """None -> default; an int -> default with that many steps; RefineSettings as is."""
+  def _refine_settings(refine, default, effort=None) -> RefineSettings:
+    """None -> default; an int -> default with that many steps; RefineSettings as
+    is; or, with effort given (and refine None), that level's settings with the
+    default's lambda. ValueError for a bad effort or both given."""
+    if effort is not None:
+      if refine is not None:
+        raise ValueError("give refine or effort, not both.")
+      return RefineSettings.for_effort(effort, default.lmbda)
     if refine is None:
       return default
     if isinstance(refine, RefineSettings):
@@ -167,14 +177,15 @@ class Codec:
       raise TypeError(f"refine must be None, an int or RefineSettings, got {refine!r}.")
     return dataclasses.replace(default, steps=int(refine))
 
-  def analyze(self, image: np.ndarray, refine: "RefineSettings | int | None" = None
-              ) -> np.ndarray:
+  def analyze(self, image: np.ndarray, refine: "RefineSettings | int | None" = None,
+              effort: int | None = None) -> np.ndarray:
     """uint8 (H, W, 3) -> the latent that compress codes: y_hat int64 (1, h, w, C),
     h, w = ``latent_size(H, W)``. refine: None (``codec.refine``), a number of
-    steps or ``RefineSettings``; images above ``refine_max_pixels`` pixels get E's
-    latent unrefined."""
+    steps or ``RefineSettings``; or effort: an effort level, 0 (E's latent) to
+    ``refine.MAX_EFFORT`` (ValueError otherwise, or with refine too); images above
+    ``refine_max_pixels`` pixels get E's latent unrefined."""
     image = check_image(image)
-    settings = self._refine_settings(refine, self.refine)
+    settings = self._refine_settings(refine, self.refine, effort)
     x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
     y = self._analysis(self.params, x)
     height, width = image.shape[:2]
@@ -200,10 +211,11 @@ class Codec:
 
   # --- images <-> bytes ---------------------------------------------------------
   def compress(self, image: np.ndarray, size_schedule=None,
-               refine: "RefineSettings | int | None" = None) -> bytes:
+               refine: "RefineSettings | int | None" = None,
+               effort: int | None = None) -> bytes:
     """uint8 (H, W, 3) -> bytes (header + range-coded y_hat + CRC).
 
-    refine: the encoder's latent refinement (see ``analyze``); None:
+    refine, effort: the encoder's latent refinement (see ``analyze``); both None:
       ``codec.refine``. Decoding does not depend on it.
 
     size_schedule: for a nested model (kind 'nested'), the model exit of each
@@ -216,7 +228,8 @@ class Codec:
     image = check_image(image)
     self._check_pixels(*image.shape[:2])  # before the analysis
     self.entropy_model.resolve_size_schedule(size_schedule)
-    return self.compress_latent(self.analyze(image, refine), *image.shape[:2], size_schedule)
+    return self.compress_latent(self.analyze(image, refine, effort), *image.shape[:2],
+                                size_schedule)
 
   def compress_latent(self, y_hat: np.ndarray, height: int, width: int,
                       size_schedule=None) -> bytes:
@@ -295,9 +308,10 @@ class Codec:
         payload, *latent_size(header.height, header.width), num_steps, header=header)
 
   def estimate(self, image: np.ndarray, size_schedule=None,
-               refine: "RefineSettings | int | None" = None) -> dict:
+               refine: "RefineSettings | int | None" = None,
+               effort: int | None = None) -> dict:
     """The model's rate estimate and reconstruction of the y_hat that compress codes
-    (with the same ``refine``).
+    (with the same ``refine`` or ``effort``).
 
     Returns {"bits": float, "bpp": float, "reconstruction": uint8 (H, W, 3),
     "y_hat": int64 (1, h, w, C)}. Bits from the continuous bin masses (the
@@ -305,7 +319,8 @@ class Codec:
     the kind has one (M2T), else the decode loop's distributions (MT).
     """
     image = check_image(image)
-    return self.estimate_latent(self.analyze(image, refine), *image.shape[:2], size_schedule)
+    return self.estimate_latent(self.analyze(image, refine, effort), *image.shape[:2],
+                                size_schedule)
 
   def estimate_latent(self, y_hat: np.ndarray, height: int, width: int,
                       size_schedule=None) -> dict:

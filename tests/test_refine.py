@@ -1,7 +1,11 @@
 """Encoder-side latent refinement (m2t_jax/refine.py, Codec.analyze/compress)."""
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import skimage.data
 
@@ -9,6 +13,7 @@ from m2t_jax import Codec, get_config
 from m2t_jax import model as model_lib
 from m2t_jax.app import cli
 from m2t_jax.entropy import registry
+from m2t_jax import refine
 from m2t_jax.refine import RefineSettings
 from conftest import load_experiment
 
@@ -136,3 +141,156 @@ def test_every_kind_refines_and_decodes_to_its_estimate(kind, image):
   data = codec.compress(image, refine=settings)
   assert np.array_equal(codec.decompress(data),
                         codec.estimate(image, refine=settings)["reconstruction"])
+
+
+# --- effort levels ------------------------------------------------------------------
+
+
+def _decode(codec, y_hat, height, width):
+  """D(y_hat) as the decoder must give it: rounded, clipped, cropped uint8."""
+  x = codec.model.apply({"params": codec.params}, jnp.asarray(y_hat, jnp.float32),
+                        method=model_lib.CompressionModel.decode)
+  return np.asarray(jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8))[0, :height, :width]
+
+
+def _estimated_loss(codec, image, y_hat):
+  """bpp of the entropy model's estimate + lambda * MSE (0..255) of D(y_hat),
+  written out here from the model's two passes."""
+  h, w = image.shape[:2]
+  y_hat = jnp.asarray(y_hat, jnp.float32)
+  bits = codec.model.apply({"params": codec.params}, y_hat, y_hat,
+                           method=model_lib.CompressionModel.latent_bits)[0]
+  x = codec.model.apply({"params": codec.params}, y_hat,
+                        method=model_lib.CompressionModel.decode)[0, :h, :w]
+  mse = jnp.mean(jnp.square(x - jnp.asarray(image, jnp.float32)))
+  return float(bits) / (h * w) + float(codec.config.lmbda) * float(mse)
+
+
+def test_every_effort_level_codes_a_stream_that_decodes_to_d_of_its_latent(tiny, image):
+  h, w = image.shape[:2]
+  fresh = Codec(tiny.config, tiny.params)  # a decoder that knows nothing of efforts
+  latents = []
+  for effort in range(refine.MAX_EFFORT + 1):
+    data = tiny.compress(image, effort=effort)
+    y_hat = fresh.decompress_latent(data)
+    assert np.array_equal(y_hat, tiny.analyze(image, effort=effort))
+    assert np.array_equal(fresh.decompress(data), _decode(tiny, y_hat, h, w))
+    latents.append(y_hat)
+  assert np.array_equal(latents[0], tiny.analyze(image, refine=0))  # 0: E's latent
+
+
+def test_effort_levels_search_more_as_they_rise():
+  assert refine.EFFORTS[0].steps == 0
+  steps = [s.steps for s in refine.EFFORTS]
+  assert steps == sorted(steps) and len(set(steps)) == len(steps)
+  assert 0 < refine.DEFAULT_EFFORT <= refine.MAX_EFFORT
+  assert RefineSettings.for_effort(2, lmbda=0.5) == dataclasses.replace(
+      refine.EFFORTS[2], lmbda=0.5)
+
+
+def test_no_effort_returns_a_latent_of_higher_estimated_loss_than_effort_0(image):
+  # The trained model and the random one; estimated losses computed here.
+  for codec in (Codec.load(), Codec.from_config(get_config("m2t", "tiny"), seed=1)):
+    base = _estimated_loss(codec, image, codec.analyze(image, effort=0))
+    for effort in range(1, refine.MAX_EFFORT + 1):
+      assert _estimated_loss(codec, image, codec.analyze(image, effort=effort)) <= base + 1e-5
+
+
+def test_a_search_that_only_makes_things_worse_returns_es_latent(tiny, image):
+  # Steps of 100 latent units throw every element far from E's: far more bits.
+  wild = RefineSettings(steps=2, learning_rate=100.0)
+  assert np.array_equal(tiny.analyze(image, refine=wild), tiny.analyze(image, refine=0))
+  losses = {}
+  h, w = image.shape[:2]
+  x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
+  y = tiny.model.apply({"params": tiny.params}, x, method=model_lib.CompressionModel.encode)
+  refine.refine(tiny.model, tiny.params, x, y, h, w, float(tiny.config.lmbda), wild,
+                losses=losses)
+  assert losses["loss"] == losses["unrefined_loss"]
+  assert losses["loss"] == pytest.approx(_estimated_loss(tiny, image, jnp.round(y)), rel=1e-5)
+
+
+def _reference_descent(codec, image, settings, lmbda):
+  """Adam steps written plainly: optax's Adam and cosine schedule, one eager
+  gradient per step, the lowest surrogate kept. (last, best)."""
+  h, w = image.shape[:2]
+  x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
+  y = codec.model.apply({"params": codec.params}, x, method=model_lib.CompressionModel.encode)
+  surrogate = refine.surrogate_fn(codec.model, codec.params, x, h, w, lmbda,
+                                  settings.rate_target)
+  optimizer = optax.scale_by_adam()
+  schedule = optax.cosine_decay_schedule(settings.learning_rate, settings.steps)
+  state, current, best, best_value = optimizer.init(y), y, y, np.inf
+  for i in range(settings.steps):
+    value, grad = jax.value_and_grad(surrogate)(current)
+    if float(value) < best_value:
+      best, best_value = current, float(value)
+    direction, state = optimizer.update(grad, state, current)
+    current = current - schedule(i) * direction
+  return x, y, current, best
+
+
+@pytest.mark.parametrize("loop", refine.LOOPS)
+def test_the_search_takes_the_steps_of_a_plain_adam_loop(tiny, image, loop):
+  settings = RefineSettings(steps=3, learning_rate=0.3, loop=loop)
+  lmbda = float(tiny.config.lmbda)
+  x, y, last, best = _reference_descent(tiny, image, settings, lmbda)
+  h, w = image.shape[:2]
+  refiner = refine.make_refiner(tiny.model, h, w, lmbda, settings.rate_target)
+  carry = refine.descend(refiner, tiny.params, x, y, settings)
+  assert float(jnp.max(jnp.abs(last - y))) > 0.1  # the steps moved y
+  np.testing.assert_allclose(carry[0], last, atol=1e-4)
+  np.testing.assert_allclose(carry[2], best, atol=1e-4)
+
+
+def test_both_loops_code_the_same_latent(tiny, image):
+  stepped, compiled = (tiny.analyze(image, refine=RefineSettings(steps=4, learning_rate=0.3,
+                                                                  loop=loop))
+                       for loop in ("stepped", "compiled"))
+  assert not np.array_equal(stepped, tiny.analyze(image, refine=0))
+  assert np.mean(stepped == compiled) > 0.999  # float sums may flip a .5 rounding
+
+
+@pytest.mark.parametrize("bad", [-1, refine.MAX_EFFORT + 1, 1.5, True, "2", None])
+def test_bad_effort_values_are_refused(bad):
+  with pytest.raises(ValueError, match="effort must be an integer"):
+    RefineSettings.for_effort(bad)
+
+
+def test_the_api_refuses_a_bad_effort_and_effort_with_refine(tiny, image):
+  with pytest.raises(ValueError, match="effort must be an integer"):
+    tiny.compress(image, effort=-1)
+  with pytest.raises(ValueError, match="not both"):
+    tiny.compress(image, refine=2, effort=1)
+  with pytest.raises(ValueError, match="effort must be an integer"):
+    Codec(tiny.config, tiny.params, effort=9)
+  codec = Codec(tiny.config, tiny.params, effort=2)
+  assert codec.refine == refine.EFFORTS[2]
+
+
+def test_the_command_line_effort(tmp_path, image, capsys):
+  from PIL import Image
+  Image.fromarray(image).save(tmp_path / "in.png")
+  tiny = Codec.from_config(get_config("m2t", "tiny"), seed=0)
+
+  def compress(name, *flags):
+    return cli.main(["compress", str(tmp_path / "in.png"), str(tmp_path / name),
+                     "--config", "m2t:tiny", *flags])
+
+  assert compress("0.m2t", "--effort", "0") == 0
+  assert (tmp_path / "0.m2t").read_bytes() == tiny.compress(image)
+  assert compress("2.m2t", "--effort", "2") == 0
+  assert (tmp_path / "2.m2t").read_bytes() == tiny.compress(image, effort=2)
+  assert compress("default.m2t") == 0
+  assert (tmp_path / "default.m2t").read_bytes() == tiny.compress(
+      image, effort=refine.DEFAULT_EFFORT)
+  # The fine-grained flags override the level's fields.
+  assert compress("2s.m2t", "--effort", "2", "--refine-steps", "1") == 0
+  assert (tmp_path / "2s.m2t").read_bytes() == tiny.compress(
+      image, refine=dataclasses.replace(refine.EFFORTS[2], steps=1))
+  capsys.readouterr()
+  for bad in ("-1", str(refine.MAX_EFFORT + 1), "1.5", "fast"):
+    assert compress("bad.m2t", "--effort", bad) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("m2t: error: --effort") and err.count("\n") == 1, err
+  assert not (tmp_path / "bad.m2t").exists()

@@ -1,13 +1,15 @@
 """The ``m2t`` command.
 
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--size-schedule S]
-               [--max-pixels N] [--refine-steps N] [--refine-lr LR] [--refine-lmbda L]
+               [--max-pixels N] [--effort N] [--refine-steps N] [--refine-lr LR]
+               [--refine-lmbda L]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
   m2t info FILE
   m2t demo [--output DIR]
   m2t summary CONFIG [SIZE]
   m2t eval (--images DIR | --tfds NAME:SPLIT) (--checkpoint DIR [DIR ...] | --config SPEC)
-           --output results.json [--refine-steps N] [--refine-lr LR] [--refine-lmbda L]
+           --output results.json [--effort N] [--refine-steps N] [--refine-lr LR]
+           [--refine-lmbda L]
 
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
@@ -29,9 +31,12 @@ decoder with the default limit), from the file's header, before decoding it.
 (kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0');
 the stream records it and ``m2t info`` shows it. Other kinds refuse it.
 ``compress`` and ``eval`` refine each image's latent before coding it
-(``m2t_jax/refine.py``: ``--refine-steps`` gradient steps on the model's RD loss,
-default ``DEFAULT_REFINE_STEPS``; 0 codes E's latent as is, the Python API's
-default). It costs encoding time only; decoding is the same.
+(``m2t_jax/refine.py``: gradient steps on the model's RD loss). ``--effort N``
+picks how hard they search, from 0 (E's latent as is, the fastest; the Python
+API's default) to ``refine.MAX_EFFORT`` (default ``refine.DEFAULT_EFFORT``;
+docs/results/effort.md); ``--refine-steps`` and ``--refine-lr`` override the
+level's settings, for experiments. It costs encoding time only; decoding is the
+same.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
@@ -39,15 +44,39 @@ import argparse
 import os
 import sys
 
-# The encoder's latent refinement in ``compress`` and ``eval`` (m2t_jax/refine.py).
-DEFAULT_REFINE_STEPS = 30
-DEFAULT_REFINE_LR = 0.01
+
+
+def __getattr__(name):
+  """DEFAULT_REFINE_STEPS, DEFAULT_REFINE_LR: the settings ``compress`` and
+  ``eval`` refine with unless told (the default effort level's), read from
+  m2t_jax/refine.py only when asked (``m2t --help`` imports no JAX)."""
+  if name in ("DEFAULT_REFINE_STEPS", "DEFAULT_REFINE_LR"):
+    from m2t_jax import refine
+    settings = refine.EFFORTS[refine.DEFAULT_EFFORT]
+    return settings.steps if name == "DEFAULT_REFINE_STEPS" else settings.learning_rate
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _refine(args):
-  from m2t_jax.refine import RefineSettings
-  return RefineSettings(steps=args.refine_steps, learning_rate=args.refine_lr,
-                        lmbda=args.refine_lmbda)
+  """The RefineSettings of --effort, with --refine-steps / --refine-lr /
+  --refine-lmbda where given. ValueError (one line) for a bad value."""
+  import dataclasses
+
+  from m2t_jax import refine
+  effort = refine.DEFAULT_EFFORT
+  if args.effort is not None:
+    try:
+      effort = int(args.effort)
+    except ValueError:
+      raise ValueError(f"--effort must be an integer from 0 to {refine.MAX_EFFORT}, got "
+                       f"{args.effort!r}") from None
+  try:
+    effort = refine.check_effort(effort)
+  except ValueError as e:
+    raise ValueError(f"--effort: {e}") from None
+  settings = refine.RefineSettings.for_effort(effort, args.refine_lmbda)
+  changes = {"steps": args.refine_steps, "learning_rate": args.refine_lr}
+  return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _codec(args):
@@ -200,11 +229,17 @@ def _positive_int(text: str) -> int:
 
 
 def _refine_arguments(p):
-  p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS,
-                 help="encoder-side latent refinement: gradient steps on the RD loss per "
-                      f"image (default {DEFAULT_REFINE_STEPS}; 0: off, fastest encoding)")
-  p.add_argument("--refine-lr", type=float, default=DEFAULT_REFINE_LR,
-                 help=f"its initial step size (default {DEFAULT_REFINE_LR})")
+  p.add_argument("--effort", default=None, metavar="N",
+                 help="encoder effort: 0 codes E's latent as is (fastest); higher levels "
+                      "search longer for a latent of lower RD loss (slower encoding, "
+                      "same decoding); the levels and their default: m2t_jax/refine.py "
+                      "EFFORTS, docs/results/effort.md")
+  p.add_argument("--refine-steps", type=int, default=None,
+                 help="for experiments: the refinement's gradient steps per image, "
+                      "instead of the effort level's (0: off)")
+  p.add_argument("--refine-lr", type=float, default=None,
+                 help="for experiments: its initial step size, instead of the effort "
+                      "level's")
   p.add_argument("--refine-lmbda", type=float, default=None,
                  help="its RD trade-off (default: the model's config.lmbda; give the "
                       "autoencoder's for a workdir of a run that trained only the entropy "
