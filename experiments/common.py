@@ -57,6 +57,8 @@ FLAGS = {
     "--images": "folder of images (PNG/JPEG, searched recursively, as "
                 "m2t_jax.images.list_images lists them)",
     "--only": "only these files of --images (names relative to it)",
+    "--split": "only this fixed split of --images (m2t_jax.evaluation.splits, by file "
+               "name: val decides choices, test is only measured; all: every file)",
     "--max-images": "only the first N images (0: all)",
     "--image": "one image file",
     "--image-size": "WxH of the photo the timings run on (a tiled photo)",
@@ -110,6 +112,7 @@ FLAGS = {
     "--orders": "decode orders of the schedule: qlds, random, entropy",
     "--measure": "size schedules decoded for real (names or exits per step)",
     "--settings": "encoder-side refinement settings, each STEPS:LEARNING_RATE:RATE_TARGET",
+    "--efforts": "encoder effort levels (m2t_jax.refine.EFFORTS; 0: E's latent)",
     "--mutations": "number of mutated streams decoded",
     "--time-limit": "seconds each decode may take",
     "--codecs": "classical codecs: jpeg, webp, avif",

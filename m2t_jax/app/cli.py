@@ -45,7 +45,6 @@ import os
 import sys
 
 
-
 def __getattr__(name):
   """DEFAULT_REFINE_STEPS, DEFAULT_REFINE_LR: the settings ``compress`` and
   ``eval`` refine with unless told (the default effort level's), read from
@@ -230,10 +229,10 @@ def _positive_int(text: str) -> int:
 
 def _refine_arguments(p):
   p.add_argument("--effort", default=None, metavar="N",
-                 help="encoder effort: 0 codes E's latent as is (fastest); higher levels "
-                      "search longer for a latent of lower RD loss (slower encoding, "
-                      "same decoding); the levels and their default: m2t_jax/refine.py "
-                      "EFFORTS, docs/results/effort.md")
+                 help="encoder effort, 0 to 3 (default 1): 0 codes E's latent as is "
+                      "(fastest); higher levels search longer for a latent of lower RD "
+                      "loss (slower encoding, same decoding; m2t_jax/refine.py EFFORTS, "
+                      "docs/results/effort.md)")
   p.add_argument("--refine-steps", type=int, default=None,
                  help="for experiments: the refinement's gradient steps per image, "
                       "instead of the effort level's (0: off)")
