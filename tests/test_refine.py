@@ -294,3 +294,52 @@ def test_the_command_line_effort(tmp_path, image, capsys):
     err = capsys.readouterr().err
     assert err.startswith("m2t: error: --effort") and err.count("\n") == 1, err
   assert not (tmp_path / "bad.m2t").exists()
+  # The help names the levels' range and the default as refine.py defines them.
+  help_text = " ".join(cli._parser()._subparsers._group_actions[0].choices["compress"]
+                       .format_help().split())
+  assert (f"0 to {refine.MAX_EFFORT} (default {refine.DEFAULT_EFFORT})" in help_text)
+
+
+def test_the_effort_study_measures_every_level_against_effort_0(tmp_path, tiny, image):
+  import json
+
+  from PIL import Image
+
+  from m2t_jax.evaluation import splits
+  effort = load_experiment("effort")
+  tiny.save(str(tmp_path / "model"))
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  names = [f"p{i}.png" for i in range(40)]
+  val = next(n for n in names if splits.split_of(n) == "val")
+  train = next(n for n in names if splits.split_of(n) == "train")
+  for name in (val, train):
+    Image.fromarray(image).save(photos / name)
+  assert effort.main(["--model", str(tmp_path / "model"), "--images", str(photos),
+                      "--efforts", "0", "1", "--settings", "2:0.5:continuous",
+                      "--output-dir", str(tmp_path), "--output-name", "e"]) == 0
+  doc = json.loads((tmp_path / "e.json").read_text())
+  assert {r["image"] for r in doc["rows"]} == {val}  # the validation split only
+  by_level = {r["level"]: r for r in doc["rows"]}
+  assert list(by_level) == ["0", "1", "2:0.5:continuous"]
+  assert by_level["0"]["bpp"] == 8 * len(tiny.compress(image)) / image[..., 0].size
+  assert all(r["decoded_equals_estimate"] for r in doc["rows"])
+  for r in doc["rows"]:
+    assert r["loss"] <= by_level["0"]["loss"] + 1e-5
+  assert doc["summary"][0]["rate_change_pct"] == 0
+  assert "bd_rate_pct" not in doc["summary"][0]  # one model: no curve
+  assert (tmp_path / "e.md").read_text().count("\n| ") == 4  # header + three levels
+
+
+def test_the_effort_study_bd_rate_of_a_curve_at_nine_tenths_of_the_rate():
+  effort = load_experiment("effort")
+  rows = []
+  for m, (bpp, psnr) in enumerate([(0.2, 28.0), (0.4, 31.0), (0.8, 34.0)]):
+    for level, scale in (("0", 1.0), ("1", 0.9)):
+      rows.append({"image": "a.png", "model": f"m{m}", "level": level, "settings": level,
+                   "encode_s_per_mp": 1.0, "bpp": bpp * scale, "psnr": psnr,
+                   "loss": 1.0, "real_loss": 1.0, "decoded_equals_estimate": True})
+  summary = effort.summarise(rows, ["0", "1"], ["m0", "m1", "m2"])
+  assert summary[0]["bd_rate_pct"] == pytest.approx(0, abs=1e-9)
+  assert summary[1]["bd_rate_pct"] == pytest.approx(-10, abs=1e-6)
+  assert summary[1]["bd_rate_mean_curve_pct"] == pytest.approx(-10, abs=1e-6)
