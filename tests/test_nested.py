@@ -4,6 +4,7 @@ an M2T; schedules go through ``Codec`` and the stream, inadmissible ones are
 refused; training lowers every exit's bits."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +147,135 @@ def test_training_lowers_the_bits_of_every_exit(tmp_path):
     bits = [sum(EntropyCoder(config, p["entropy_model"]).estimate_bits(y, schedule)
                 for y in latents) for p in (initial, trained)]
     assert bits[1] < 0.8 * bits[0], (exit_index, bits)
+
+
+# --- width nesting (MatFormer-style MLP widths) ---------------------------------
+WIDTHS = (1.0, 0.5, 0.25)
+# (exit, width) per step: widths growing, shrinking and mixed, with depth exits
+# that never grow (the only depth rule); the last mixes both.
+WIDTH_SCHEDULES = {
+    "growing": ((2, 2), (2, 1), (2, 1), (2, 0)),
+    "shrinking": ((2, 0), (2, 1), (2, 2), (2, 2)),
+    "mixed": ((2, 1), (2, 0), (2, 2), (2, 0)),
+    "depth_and_width": ((2, 2), (2, 0), (1, 1), (0, 0)),
+}
+
+
+def _width_config():
+  config = configs.get_config("nested", "tiny")
+  config.nested.mlp_widths = WIDTHS
+  return config
+
+
+@pytest.fixture(scope="module")
+def width_coder():
+  return EntropyCoder.from_config(_width_config(), seed=4)
+
+
+@pytest.mark.parametrize("name", sorted(WIDTH_SCHEDULES))
+def test_width_schedule_matches_teacher_forcing(width_coder, latent, name):
+  coder = width_coder
+  pairs = WIDTH_SCHEDULES[name]
+  model = coder.scheduled(pairs)
+  assert [divmod(c, 16)[::-1] for c in model.active_schedule] == list(pairs)
+  tokens, valid = coder._tokens(latent)
+  t = jnp.asarray(tokens, jnp.float32)
+  # The teacher-forced pass with every slot at its step's width (per-slot masks).
+  hidden = np.repeat([model.hidden_sizes()[w] for _, w in pairs], model.schedule.sizes)
+  assert model.hidden_sizes() == (64, 32, 16)
+  teacher = np.asarray(model.apply({"params": coder.params}, t, t, True, hidden,
+                                   method="exit_bits"))
+  full_width = np.asarray(model.apply({"params": coder.params}, t, t, method="exit_bits"))
+  rows = np.arange(tokens.shape[0])[:, None]
+  loop_bits, bites = 0.0, 0.0
+  for step in CodingLoop(model, coder.params, coder.config, valid):
+    group = step.take(tokens)
+    got = np.asarray(element_bits(step.mixture, group, coder.config.gmm.prob_floor))
+    exit_index = pairs[step.index][0]
+    diff = np.abs(got - teacher[exit_index][rows, step.cells]).max()
+    assert diff <= 1e-4, (step.index, diff)
+    bites = max(bites, np.abs(got - full_width[exit_index][rows, step.cells]).max())
+    loop_bits += got.sum()
+    step.feed(group)
+  assert bites > 1e-2  # the widths matter: the full-width pass pays otherwise
+  assert coder.estimate_bits(latent, pairs) == pytest.approx(loop_bits, rel=1e-5)
+
+
+def test_width_schedules_round_trip_and_are_checked(width_coder, latent):
+  coder = width_coder
+  streams = set()
+  for spec in ("full", "fast", "smallest", "2:2,2:1,1:0,0:2",
+               *WIDTH_SCHEDULES.values()):
+    data = coder.compress(latent[0], size_schedule=spec)
+    assert np.array_equal(coder.decompress(data), latent[0])
+    streams.add(data)
+  assert len(streams) == 8
+  # 'fast' and 'smallest' use the narrower widths; the codes are exit + 16 * width.
+  assert coder.model.resolve_size_schedule("smallest") == (32,) * 4
+  for spec, match in ((((2, 3),) * 4, "MLP width 3; this model's widths are 0..2"),
+                      ("2:0,2:0,0:1,1:1", "not admissible: step 3 runs exit 1"),
+                      (((2, 0, 1),) * 4, "(exit, width) pairs")):
+    with pytest.raises(ValueError, match=re.escape(match) if "(" in match else match):
+      coder.compress(latent[0], size_schedule=spec)
+  # A forged stream naming a width the model lacks is refused, as is a width
+  # schedule given to a depth-only model (its only width is index 0).
+  data = coder.compress(latent[0], size_schedule=WIDTH_SCHEDULES["mixed"])
+  header, payload = bitstream.unpack(data)
+  edited = bitstream.pack(bitstream.Header(**{**header.__dict__,
+                                              "size_schedule": (2 + 48,) * 4}), payload)
+  with pytest.raises(BitstreamError, match="size schedule"):
+    coder.decompress(edited)
+  depth_only = EntropyCoder.from_config(configs.get_config("nested", "tiny"), seed=4)
+  with pytest.raises(ValueError, match="widths are 0..0"):
+    depth_only.compress(latent[0], size_schedule="2:1,2:1,2:1,2:1")
+
+
+def test_narrow_steps_compute_fewer_flops(width_coder):
+  """Decode steps slice the MLP weights: a quarter-width step is cheaper."""
+  coder = width_coder
+  flops = {}
+  for name, spec in (("full", "full"), ("quarter", "2:2,2:2,2:2,2:2")):
+    model = coder.scheduled(spec)
+    state = model.init_decode_state(np.ones((2, model.num_tokens), bool))
+    step = jax.jit(lambda p, s, i, shape, model=model: model.apply(
+        {"params": p}, s, i, shape, method="decode_step"), static_argnums=3)
+    cost = step.lower(coder.params, state, np.int32(3), model.step_shape(3)).cost_analysis()
+    flops[name] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+  assert flops["quarter"] < 0.85 * flops["full"]
+
+
+def test_width_nesting_trains_every_width(width_coder):
+  """rate(train=True) with an rng draws widths per example and step: two draws
+  give different bits, and without an rng it is the full-width training rate."""
+  coder = width_coder
+  tokens = jnp.asarray(np.random.default_rng(1).integers(-4, 5, (6, 16, 8)), jnp.float32)
+  rate = lambda rng: np.asarray(coder.model.apply(
+      {"params": coder.params}, tokens, tokens, rng, True, method="rate").bits)
+  a, b = rate(jax.random.key(0)), rate(jax.random.key(1))
+  assert np.abs(a - b).max() > 1e-3
+  np.testing.assert_array_equal(rate(jax.random.key(0)), a)  # deterministic per key
+  full = EntropyCoder(configs.get_config("nested", "tiny"), coder.params)
+  np.testing.assert_allclose(rate(None), np.asarray(full.model.apply(
+      {"params": coder.params}, tokens, tokens, None, True, method="rate").bits), atol=1e-6)
+
+
+def test_neutral_widths_keep_the_fingerprint():
+  # Old depth-only streams name configs without mlp_widths: (1.0,) leaves the
+  # fingerprint as it was, any other widths change it.
+  from m2t_jax.coding import fingerprint  # noqa: PLC0415
+  config = configs.get_config("nested", "tiny")
+  params = {"w": np.zeros(3, np.float32)}
+  base = fingerprint.fingerprint(config, params)
+  without = config.to_dict()
+  del without["nested"]["mlp_widths"]
+  assert fingerprint.fingerprint(without, params) == base
+  assert fingerprint.fingerprint(_width_config(), params) != base
+
+
+@pytest.mark.parametrize("widths", [(), (0.5,), (1.0, 1.0), (1.0, 0.7), (1.0, 0.5, 0.0),
+                                    (1.0, 0.25, 0.5)])
+def test_impossible_widths_are_refused(widths):
+  config = configs.get_config("nested", "tiny")  # mlp_dim 64: 0.7 is 44.8 units
+  config.nested.mlp_widths = widths
+  with pytest.raises(ValueError, match="nested.mlp_widths must be"):
+    model_lib.validate_config(config)

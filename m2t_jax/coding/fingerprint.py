@@ -34,13 +34,23 @@ TRAINING_ONLY = frozenset({
 })
 
 
+# Decoding fields added after streams were written, with the value that decodes
+# exactly as before they existed: left out of the digest while they hold it, so
+# those streams keep their fingerprint (any other value is hashed).
+NEUTRAL = {"nested.mlp_widths": (1.0,)}
+
+
 def decoding_fields(config) -> dict:
-  """The config as a nested dict without the ``TRAINING_ONLY`` paths."""
+  """The config as a nested dict without the ``TRAINING_ONLY`` paths (and the
+  ``NEUTRAL`` ones at their neutral value)."""
   def strip(tree: dict, prefix: str) -> dict:
     out = {}
     for key, value in tree.items():
       path = prefix + key
       if path in TRAINING_ONLY:
+        continue
+      if path in NEUTRAL and isinstance(value, (tuple, list)) and (
+          tuple(float(v) for v in value) == NEUTRAL[path]):
         continue
       out[key] = strip(value, path + ".") if isinstance(value, dict) else value
     return out

@@ -27,4 +27,8 @@ def get_config(size: str = "paper"):
   # step: the best time saved per % of rate; m2t_jax/entropy/nested.py).
   c.nested.size_schedule = "full"
   c.nested.fast_schedule = ()
+  # Width nesting (MatFormer-style): the MLP hidden widths, as fractions of
+  # transformer.mlp_dim, decreasing from 1.0; each decode step runs one of them
+  # with every depth exit. (1.0,) = depth nesting only; e.g. (1.0, 0.5, 0.25).
+  c.nested.mlp_widths = (1.0,)
   return c

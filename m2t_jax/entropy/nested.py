@@ -32,8 +32,22 @@ early steps save little time, because the late steps hold most of the tokens. Th
 chooses; the stream stores the indices (``coding/bitstream.py``); the decoder
 runs them.
 
+**Width nesting** (MatFormer-style, ``nested.mlp_widths``): every block's MLP
+also runs at its first h hidden units for each h of the widths (e.g. full, 1/2,
+1/4 of mlp_dim); a schedule entry is then an (exit, width) pair, stored as one
+code ``exit + 16 * width`` (the exit alone at full width, as depth-only streams
+have it). Widths may change freely from step to step, growing or shrinking:
+only the MLPs shrink, the residual stream and the attention keep their width,
+so the keys and values an earlier step cached are what any later step expects,
+whatever width computed them. The teacher-forced pass gives each slot the width
+of the step that runs it (a per-slot mask over hidden units) and so computes
+what cached decoding computes for any schedule; decode steps slice the weights
+(fewer FLOPs, not masked ones). Names: 'smallest' is exit 0 at the narrowest
+width; 'fast' with a single exit is the second-widest width everywhere.
+
 Training: ``rate(train=True)`` is the weighted mean of the exits' bits
-(``exit_weights``; all exits learn at once, as MaGNeTS trains its sizes jointly);
+(``exit_weights``; all exits learn at once, as MaGNeTS trains its sizes jointly),
+each example's steps at MLP widths drawn uniformly (per example and step);
 ``rate(train=False)`` is the bits of the active schedule (``one_pass_rate``).
 
 Shapes as in ``entropy/m2t.py``; ``exit_bits`` (E, B, L, C) in location order.
@@ -51,6 +65,22 @@ from m2t_jax.entropy.m2t import M2T
 from m2t_jax.nn import transformer as tfm
 
 NAMES = ("full", "fast", "smallest")
+# A schedule entry (one byte in the stream) is exit + WIDTH_CODE * width index;
+# at full width (index 0) it is the exit itself, as in depth-only streams.
+WIDTH_CODE = 16
+
+
+def code(exit_index: int, width_index: int = 0) -> int:
+  """The schedule code of (exit, MLP width index); ValueError outside 0..15."""
+  if not (0 <= exit_index < WIDTH_CODE and 0 <= width_index < WIDTH_CODE):
+    raise ValueError(f"Exit and width indices must lie in 0..{WIDTH_CODE - 1}, got "
+                     f"({exit_index}, {width_index}).")
+  return exit_index + WIDTH_CODE * width_index
+
+
+def split_code(schedule_code: int) -> tuple[int, int]:
+  """(exit index, MLP width index) of a schedule code."""
+  return int(schedule_code) % WIDTH_CODE, int(schedule_code) // WIDTH_CODE
 
 
 class NestedM2T(M2T):
@@ -59,7 +89,8 @@ class NestedM2T(M2T):
   exit_weights: tuple = ()  # training loss weight of each exit; () = equal
   default_schedule: str = "full"  # the schedule of resolve_size_schedule(None)
   fast_schedule: tuple = ()  # the exits of 'fast'; () = the rule above
-  exit_schedule: tuple = ()  # the active schedule; () = default_schedule
+  exit_schedule: tuple = ()  # the active schedule (codes); () = default_schedule
+  mlp_widths: tuple = ()  # MLP hidden widths as fractions of mlp_dim; () = (1.0,)
 
   @classmethod
   def from_config(cls, config) -> "NestedM2T":
@@ -68,7 +99,8 @@ class NestedM2T(M2T):
                exit_layers=tuple(int(d) for d in n.exit_layers),
                exit_weights=tuple(float(w) for w in n.exit_weights),
                default_schedule=str(n.size_schedule),
-               fast_schedule=tuple(int(e) for e in n.fast_schedule))
+               fast_schedule=tuple(int(e) for e in n.fast_schedule),
+               mlp_widths=tuple(float(f) for f in n.get("mlp_widths", (1.0,))))
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -84,6 +116,16 @@ class NestedM2T(M2T):
     if weights and (len(weights) != len(exits) or min(weights) < 0 or sum(weights) <= 0):
       raise ValueError(f"nested.exit_weights needs one weight >= 0 per exit "
                        f"({len(exits)}) and a positive sum; got {weights}.")
+    fractions = tuple(n.get("mlp_widths", (1.0,)))
+    mlp_dim = config.transformer.mlp_dim
+    if (not fractions or fractions[0] != 1.0 or len(fractions) > WIDTH_CODE
+        or any(not 0 < b < a for a, b in zip(fractions, fractions[1:], strict=False))
+        or any(abs(f * mlp_dim - round(f * mlp_dim)) > 1e-6 for f in fractions)):
+      raise ValueError(f"nested.mlp_widths must be 1.0 then decreasing fractions > 0 "
+                       f"(at most {WIDTH_CODE}) of transformer.mlp_dim={mlp_dim}, each "
+                       f"a whole number of hidden units; got {fractions}.")
+    if len(exits) > WIDTH_CODE:
+      raise ValueError(f"nested.exit_layers: at most {WIDTH_CODE} exits, got {len(exits)}.")
     model = cls.from_config(config)
     model.resolve_size_schedule("fast")
     model.resolve_size_schedule(None)
@@ -94,6 +136,22 @@ class NestedM2T(M2T):
   @property
   def num_exits(self) -> int:
     return len(self._exit_layers())
+
+  def hidden_sizes(self) -> tuple:
+    """The MLP hidden units of each width index (index 0 = mlp_dim)."""
+    return tuple(int(round(f * self.mlp_dim)) for f in (self.mlp_widths or (1.0,)))
+
+  @property
+  def num_widths(self) -> int:
+    return len(self.hidden_sizes())
+
+  def _slot_hidden(self, width_of_step) -> np.ndarray | None:
+    """(L,) hidden units of every slot, in slot order, from the width index of
+    each step (None when every step runs the full width: the plain MLP)."""
+    if not any(width_of_step):
+      return None
+    sizes = np.asarray(self.hidden_sizes())[np.asarray(width_of_step)]
+    return np.repeat(sizes, self.schedule.sizes)
 
   def setup(self):
     self._setup_embeddings()
@@ -108,28 +166,43 @@ class NestedM2T(M2T):
     return [*self.exit_heads, self.head]
 
   # --- one pass -----------------------------------------------------------------
-  def __call__(self, tokens: jax.Array, deterministic: bool = True) -> list:
+  def __call__(self, tokens: jax.Array, deterministic: bool = True, hidden=None) -> list:
     """Teacher-forced pass: tokens (B, L, C) -> one Mixture (B, L, C, K) per exit,
-    location order."""
+    location order. hidden: None (full MLP width) or the MLP hidden units of
+    every slot, (L,) or (B, L) int in slot order (the width of the step that
+    runs the slot, so that the pass computes what cached decoding computes)."""
     x, mask = self._teacher_forced_inputs(tokens)
-    outs, _ = self.transformer(x, mask=mask, deterministic=deterministic)
+    outs, _ = self.transformer(x, mask=mask, deterministic=deterministic, hidden=hidden)
     return [self._to_locations(head(h)) for head, h in zip(self._heads(), outs, strict=True)]
 
-  def exit_bits(self, tokens, targets, deterministic: bool = True) -> jax.Array:
+  def exit_bits(self, tokens, targets, deterministic: bool = True, hidden=None) -> jax.Array:
     """(E, B, L, C) float32: bits of every element of ``targets`` at every exit."""
     return jnp.stack([gmm.bits(m, targets, self.prob_floor)
-                      for m in self(tokens, deterministic)])
+                      for m in self(tokens, deterministic, hidden)])
 
   def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
-    """Training: the weighted mean of the exits' bits. Otherwise: the bits of the
-    active size schedule (each cell at its step's exit), what decoding pays."""
-    del rng
-    bits = self.exit_bits(tokens, targets, deterministic=not train)
+    """Training: the weighted mean of the exits' bits, each example's steps at
+    random MLP widths (uniform over the widths, drawn per example and step with
+    ``rng``, so that every width and every mix of widths is trained; without
+    ``rng`` the full width). Otherwise: the bits of the active size schedule
+    (each cell at its step's exit and width), what decoding pays."""
+    if train:
+      hidden = None
+      if rng is not None and self.num_widths > 1:
+        index = jax.random.randint(rng, (tokens.shape[0], self.num_steps), 0,
+                                   self.num_widths)
+        per_step = jnp.asarray(self.hidden_sizes(), jnp.int32)[index]  # (B, S)
+        step_of_slot = np.repeat(np.arange(self.num_steps), self.schedule.sizes)
+        hidden = per_step[:, step_of_slot]  # (B, L), slot order
+    else:
+      hidden = self._slot_hidden([split_code(c)[1] for c in self.active_schedule])
+    bits = self.exit_bits(tokens, targets, deterministic=not train, hidden=hidden)
     if train:
       weights = np.asarray(self.exit_weights or (1.0,) * self.num_exits, np.float32)
       pick = (weights / weights.sum())[:, None, None, None]
     else:  # (E, 1, L, 1): 1 at each cell's exit, 0 elsewhere (an exact selection)
-      exit_of_cell = np.asarray(self.active_schedule)[self.step_of_cell()]
+      exits = [split_code(c)[0] for c in self.active_schedule]
+      exit_of_cell = np.asarray(exits)[self.step_of_cell()]
       pick = (np.arange(self.num_exits)[:, None] == exit_of_cell[None])[:, None, :, None]
     pick = jnp.asarray(pick, jnp.float32)
     return base.Rate(jnp.sum(bits * pick, axis=0), jnp.ones(tokens.shape[:2], bool))
@@ -143,25 +216,31 @@ class NestedM2T(M2T):
     return step
 
   # --- decoding -------------------------------------------------------------------
-  def step(self, prev_values, cache, step, width: int, exit_index: int | None = None):
-    """``M2T.step`` at exit ``exit_index`` (static; default the last): only the
-    first exit_layers[exit_index] blocks run and write their cache."""
+  def step(self, prev_values, cache, step, width: int, exit_index: int | None = None,
+           hidden: int | None = None):
+    """``M2T.step`` at exit ``exit_index`` (static; default the last) and MLP
+    width ``hidden`` (static hidden units; None = all): only the first
+    exit_layers[exit_index] blocks run and write their cache, with their MLP
+    weights sliced to ``hidden`` units."""
     layers = self._exit_layers()
     exit_index = len(layers) - 1 if exit_index is None else exit_index
     x, offset, visible = self._step_inputs(prev_values, step, width)
     outs, cache = self.transformer(x, cache=cache, offset=offset, visible=visible,
-                                   depth=layers[exit_index])
+                                   depth=layers[exit_index], hidden=hidden)
     return self._heads()[exit_index](outs[-1]), cache
 
-  def step_shape(self, step: int) -> tuple[int, int | None, int]:
-    """``M2T.step_shape`` and the step's exit: steps of equal shape and exit share
-    a compilation."""
-    return (*super().step_shape(step), int(self.active_schedule[step]))
+  def step_shape(self, step: int) -> tuple:
+    """``M2T.step_shape``, the step's exit and its MLP hidden units (None =
+    full): steps of equal shape share a compilation."""
+    exit_index, width_index = split_code(self.active_schedule[step])
+    hidden = self.hidden_sizes()[width_index] if width_index else None
+    return (*super().step_shape(step), exit_index, hidden)
 
   def _decode_mixture(self, state, step, shape):
-    width, static_step, exit_index = shape
+    width, static_step, exit_index, hidden = shape
     return self.step(state.prev, state.cache,
-                     step if static_step is None else static_step, width, exit_index)
+                     step if static_step is None else static_step, width, exit_index,
+                     hidden)
 
   # --- size schedules -------------------------------------------------------------
   @property
@@ -170,8 +249,9 @@ class NestedM2T(M2T):
     return tuple(self.exit_schedule) or self.resolve_size_schedule(None)
 
   def resolve_size_schedule(self, spec=None) -> tuple:
-    """None (the default), a name of ``NAMES``, 'e,e,...' or a sequence of exit
-    indices -> the admissible tuple of S exit indices; ValueError otherwise."""
+    """None (the default), a name of ``NAMES``, 'e,e,...' / 'e:w,e:w,...' or a
+    sequence of exit indices / (exit, width) pairs -> the admissible tuple of S
+    schedule codes (``code``); ValueError otherwise."""
     steps, last = self.num_steps, self.num_exits - 1
     spec = self.default_schedule if spec is None else spec
     if isinstance(spec, str):
@@ -179,46 +259,75 @@ class NestedM2T(M2T):
       if text == "full":
         schedule = (last,) * steps
       elif text == "smallest":
-        schedule = (0,) * steps
+        schedule = (code(0, self.num_widths - 1),) * steps
       elif text == "fast":
-        schedule = tuple(self.fast_schedule) or (max(last - 1, 0),) * steps
-      elif re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
-        schedule = tuple(int(e) for e in text.split(","))
+        schedule = tuple(self.fast_schedule) or self._default_fast()
+      elif re.fullmatch(r"\s*\d+(:\d+)?(\s*,\s*\d+(:\d+)?)*\s*", text):
+        schedule = tuple(code(*(int(v) for v in part.split(":")))
+                         for part in text.split(","))
       else:
         raise ValueError(f"Unknown size schedule {spec!r}: expected one of {NAMES} "
-                         f"or {steps} comma-separated exit indices in 0..{last}.")
+                         f"or {steps} comma-separated exit indices in 0..{last}, each "
+                         f"optionally ':w' with an MLP width index in "
+                         f"0..{self.num_widths - 1}.")
     else:
       try:
-        schedule = tuple(spec)
+        items = tuple(spec)
       except TypeError:
         raise ValueError(f"A size schedule is a name or a sequence of exit indices, "
                          f"got {spec!r}.") from None
-      if not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
-                 for e in schedule):
-        raise ValueError(f"Size schedule exits must be integers, got {schedule!r}.")
-      schedule = tuple(int(e) for e in schedule)
+      schedule = []
+      for item in items:
+        pair = item if isinstance(item, (tuple, list)) else (item,)
+        if not (1 <= len(pair) <= 2 and all(
+            isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in pair)):
+          raise ValueError(f"Size schedule entries must be integers (exits) or "
+                           f"(exit, width) pairs, got {spec!r}.")
+        schedule.append(code(*(int(e) for e in pair)) if len(pair) == 2 else int(pair[0]))
+      schedule = tuple(schedule)
     self.check_size_schedule(schedule)
     return schedule
 
+  def _default_fast(self) -> tuple:
+    """'fast' without ``fast_schedule``: the exit before the last at full width
+    with depth exits; with one exit, the second-widest MLP."""
+    if self.num_exits > 1:
+      return (self.num_exits - 2,) * self.num_steps
+    return (code(0, min(1, self.num_widths - 1)),) * self.num_steps
+
   def check_size_schedule(self, schedule) -> None:
-    """ValueError unless ``schedule`` is S exit indices that never increase."""
+    """ValueError unless ``schedule`` is S codes whose exits exist and never
+    increase from step to step and whose widths exist (widths may change
+    freely: every width keeps the residual stream, so the cache stays exact)."""
     layers, steps = self._exit_layers(), self.num_steps
     if len(schedule) != steps:
       raise ValueError(f"A size schedule names one exit per decode step: this model "
                        f"decodes in {steps} steps, the schedule has {len(schedule)}.")
-    for i, e in enumerate(schedule):
+    exits = []
+    for i, c in enumerate(schedule):
+      if not 0 <= c < WIDTH_CODE * WIDTH_CODE:
+        raise ValueError(f"Size schedule {tuple(schedule)}: step {i} has code {c}, "
+                         f"outside 0..{WIDTH_CODE * WIDTH_CODE - 1}.")
+      e, w = split_code(c)
       if not 0 <= e < len(layers):
         raise ValueError(f"Size schedule {tuple(schedule)}: step {i} names exit {e}; "
                          f"this model's exits are 0..{len(layers) - 1} (after "
                          f"{', '.join(map(str, layers))} blocks).")
-      if i and e > schedule[i - 1]:
-        before = layers[schedule[i - 1]]
+      if w >= self.num_widths:
+        raise ValueError(f"Size schedule {tuple(schedule)}: step {i} names MLP width "
+                         f"{w}; this model's widths are 0..{self.num_widths - 1} "
+                         f"({', '.join(map(str, self.hidden_sizes()))} hidden units).")
+      exits.append(e)
+    for i in range(1, steps):
+      e, before_e = exits[i], exits[i - 1]
+      if e > before_e:
+        before = layers[before_e]
         missing = (f"block {layers[e]}" if layers[e] == before + 1
                    else f"blocks {before + 1}..{layers[e]}")
         raise ValueError(
             f"Size schedule {tuple(schedule)} is not admissible: step {i} runs exit "
             f"{e} (the first {layers[e]} blocks) after step {i - 1} ran exit "
-            f"{schedule[i - 1]} (the first {before}), so {missing} never computed "
+            f"{before_e} (the first {before}), so {missing} never computed "
             f"the keys/values of the earlier steps' cells. Exits must not increase "
             f"from step to step.")
 

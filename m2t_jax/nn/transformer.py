@@ -79,15 +79,44 @@ class Attention(nn.Module):
     return out, cache
 
 
+class NestedDense(nn.Module):
+  """``nn.Dense`` (same parameters, names, initialisation and arithmetic) whose
+  kernel can be sliced: ``in_width`` keeps its first input rows, ``out_width``
+  its first output columns (static ints; None = all). MatFormer-style width
+  nesting slices the MLP's hidden units this way, so a narrower width computes
+  fewer FLOPs rather than multiplying zeros."""
+  features: int
+  in_features: int | None = None  # the kernel's rows; None: x's last axis
+
+  @nn.compact
+  def __call__(self, x, in_width: int | None = None, out_width: int | None = None):
+    rows = x.shape[-1] if self.in_features is None else self.in_features
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (rows, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    kernel = kernel[:in_width, :out_width]
+    bias = bias[:out_width]
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
 class MlpBlock(nn.Module):
+  """Dense(mlp_dim), GELU, Dense(d). ``hidden``: which hidden units run, for
+  width nesting: None (all), a static int h (the first h: sliced weights, the
+  decode-time form) or an int array of per-token widths broadcastable to x's
+  leading axes (the first w units of each token; the others are zeroed, the
+  teacher-forced form, equal to slicing up to float rounding)."""
   mlp_dim: int
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
-    y = nn.gelu(nn.Dense(self.mlp_dim)(x))
+  def __call__(self, x, deterministic: bool = True, hidden=None):
+    width = hidden if isinstance(hidden, int) else None
+    y = nn.gelu(NestedDense(self.mlp_dim, name="Dense_0")(x, out_width=width))
+    if hidden is not None and width is None:  # per-token widths: mask the rest
+      y = y * (jnp.arange(self.mlp_dim) < jnp.asarray(hidden)[..., None]).astype(y.dtype)
     y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
-    return nn.Dense(x.shape[-1])(y)
+    return NestedDense(x.shape[-1], self.mlp_dim, name="Dense_1")(y, in_width=width)
 
 
 class EncoderBlock(nn.Module):
@@ -98,12 +127,12 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None, cache=None, offset=0, deterministic: bool = True,
-               visible=None):
+               visible=None, hidden=None):
     y, cache = Attention(self.num_heads, name="attention")(
         nn.LayerNorm(name="ln_attention")(x), mask, cache, offset, visible)
     x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
     y = MlpBlock(self.mlp_dim, self.dropout, name="mlp")(
-        nn.LayerNorm(name="ln_mlp")(x), deterministic)
+        nn.LayerNorm(name="ln_mlp")(x), deterministic, hidden)
     return x + nn.Dropout(self.dropout)(y, deterministic=deterministic), cache
 
 
@@ -122,7 +151,7 @@ class Transformer(nn.Module):
   def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset=0,
                deterministic: bool = True, visible=None):
     outs, cache = _stack(self, x, mask, cache, offset, deterministic, visible,
-                         (self.num_layers,), self.num_layers)
+                         (self.num_layers,), self.num_layers, None)
     return outs[-1], cache
 
 
@@ -134,23 +163,28 @@ class NestedTransformer(Transformer):
   are the last exit's, unchanged; earlier exits add ``ln_exit_{d}``.
 
   ``depth`` (static, one of ``exits``; default num_layers) runs only the first
-  ``depth`` blocks: the cached layers past it are returned unchanged. Returns
-  (list of (B, n, d) outputs, one per exit up to ``depth``, cache)."""
+  ``depth`` blocks: the cached layers past it are returned unchanged. ``hidden``
+  nests the MLPs in width (MatFormer-style; ``MlpBlock``): None (full), a static
+  int (every block's first h hidden units, sliced) or per-token widths (masked).
+  Returns (list of (B, n, d) outputs, one per exit up to ``depth``, cache)."""
   exits: tuple = ()
 
   @nn.compact
   def __call__(self, x, mask=None, cache: Optional[Cache] = None, offset=0,
-               deterministic: bool = True, visible=None, depth: Optional[int] = None):
+               deterministic: bool = True, visible=None, depth: Optional[int] = None,
+               hidden=None):
     exits = tuple(self.exits) or (self.num_layers,)
     depth = self.num_layers if depth is None else depth
     if depth not in exits:
       raise ValueError(f"depth {depth} is not an exit of {exits}.")
-    return _stack(self, x, mask, cache, offset, deterministic, visible, exits, depth)
+    return _stack(self, x, mask, cache, offset, deterministic, visible, exits, depth,
+                  hidden)
 
 
-def _stack(module, x, mask, cache, offset, deterministic, visible, exits, depth):
+def _stack(module, x, mask, cache, offset, deterministic, visible, exits, depth, hidden):
   """Runs ``module``'s first ``depth`` blocks (created under its scope, named
-  block_i) and returns ([normed output at each exit <= depth], cache)."""
+  block_i; MLP widths ``hidden``) and returns ([normed output at each exit <=
+  depth], cache)."""
   x = x.astype(precision.dtype_of(module.dtype))
   new_cache = list(cache) if cache is not None else None
   outs = []
@@ -158,7 +192,7 @@ def _stack(module, x, mask, cache, offset, deterministic, visible, exits, depth)
     layer_cache = cache[i] if cache is not None else None
     x, layer_cache = EncoderBlock(module.num_heads, module.mlp_dim, module.dropout,
                                   name=f"block_{i}")(x, mask, layer_cache, offset,
-                                                     deterministic, visible)
+                                                     deterministic, visible, hidden)
     if cache is not None:
       new_cache[i] = layer_cache
     if i + 1 in exits:
