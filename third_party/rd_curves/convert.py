@@ -1,9 +1,10 @@
 """Rebuilds the published RD curves in this folder from ``rd_published.json``.
 
-    python third_party/rd_curves/convert.py [--source PATH] [--out DIR]
+    python third_party/rd_curves/convert.py --source PATH [--out DIR]
 
-``--source`` defaults to ``../shared/reference/rd_published.json`` next to the
-repository (the collected numbers, each with its repository, commit and path).
+``--source`` is the collected table of published numbers (each curve with the
+repository, commit and path it was taken from); it is not part of this
+repository.
 Every curve becomes ``DIR/<dataset>/<codec>.json`` in CompressAI's results
 schema:
 
@@ -22,8 +23,6 @@ import os
 import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_SOURCE = os.path.join(HERE, "..", "..", "..", "shared", "reference",
-                              "rd_published.json")
 
 # Data set key in rd_published.json -> folder name.
 DATASETS = {
@@ -160,7 +159,7 @@ def convert(source: str, out_dir: str) -> list[str]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--source", default=DEFAULT_SOURCE, help="rd_published.json")
+  parser.add_argument("--source", required=True, help="rd_published.json")
   parser.add_argument("--out", default=HERE, help="output folder (default: this folder)")
   args = parser.parse_args(argv)
   paths = convert(args.source, args.out)
