@@ -203,6 +203,32 @@ class EntropyModel(nn.Module):
     return self
 
 
+class PatchTransformerModel(EntropyModel):
+  """The fields of every kind built on a transformer over a w_T x w_T patch."""
+  latent_channels: int  # C
+  patch_size: int  # w_T
+  d_model: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+
+
+class MaskedTransformerModel(PatchTransformerModel):
+  """MT's and M2T's shared fields (``transformer_fields`` reads them from a
+  config): mixture head, token embedding and the power schedule."""
+  num_mixtures: int = 3
+  scale_floor: float = 0.01
+  embed_delta: float = 5.0
+  embed_layernorm: bool = True
+  dropout: float = 0.0
+  num_steps: int = 12
+  alpha: float = 2.2
+  order: str = "qlds"  # qlds | random | raster; MT also 'entropy' (adaptive)
+  order_seed: int = 0
+  prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
+  compute_dtype: str = "float32"  # of the transformer (nn/precision.py)
+
+
 def shifted_cache_step(model, state: CacheState, step: int, cells):
   """``decode_step`` of a kind whose ``step(prev, cache, i)`` (i a Python int)
   feeds group i-1's values (``state.prev``) into a static k/v cache and reads

@@ -137,14 +137,8 @@ class SliceHeads(nn.Module):
     return self.heads[slice_index](x)
 
 
-class GroupedMixer(base.EntropyModel):
+class GroupedMixer(base.PatchTransformerModel):
   """The GroupedMixer entropy model of one w_T x w_T patch (module docstring)."""
-  latent_channels: int  # C
-  patch_size: int  # w_T
-  d_model: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
   channel_slices: tuple[int, ...] | int = 2  # widths, or k_c equal slices
   spatial: str = "phases"  # phases | checkerboard | none
   block: tuple[int, int] = (2, 2)  # phases: block height, width

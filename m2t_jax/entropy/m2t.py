@@ -73,25 +73,8 @@ def _padded_groups(*key):
 STEP_WIDTHS = ("auto", "exact", "shared")
 
 
-class M2T(base.EntropyModel):
-  """The M2T entropy model of one w_T x w_T patch."""
-  latent_channels: int  # C
-  patch_size: int  # w_T
-  d_model: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  num_mixtures: int = 3
-  scale_floor: float = 0.01
-  embed_delta: float = 5.0
-  embed_layernorm: bool = True
-  dropout: float = 0.0
-  num_steps: int = 12
-  alpha: float = 2.2
-  order: str = "qlds"
-  order_seed: int = 0
-  prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
-  compute_dtype: str = "float32"  # of the transformer (nn/precision.py)
+class M2T(base.MaskedTransformerModel):
+  """The M2T entropy model of one w_T x w_T patch (fields: the base class's)."""
   step_widths: str = "auto"  # 'auto' | 'exact' | 'shared' (module docstring)
 
   one_pass_rate = True  # the teacher-forced pass equals the decode steps

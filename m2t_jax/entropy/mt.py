@@ -39,27 +39,10 @@ class MTState:
   known: jax.Array
 
 
-class MT(base.EntropyModel):
-  """The MT entropy model of one w_T x w_T patch."""
-  latent_channels: int  # C
-  patch_size: int  # w_T
-  d_model: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  num_mixtures: int = 3
-  scale_floor: float = 0.01
-  embed_delta: float = 5.0
-  embed_layernorm: bool = True
-  dropout: float = 0.0
-  num_steps: int = 12
-  alpha: float = 2.2
-  order: str = "qlds"  # or 'entropy' (instance-adaptive)
-  order_seed: int = 0
-  prob_floor: float = 2.0**-20  # bits: -log2 of the floored bin mass
+class MT(base.MaskedTransformerModel):
+  """The MT entropy model of one w_T x w_T patch (fields: the base class's)."""
   mask_ratio_min: float = 0.05  # training masks: fraction ~ U(min, max)
   mask_ratio_max: float = 0.99
-  compute_dtype: str = "float32"  # of the transformer (nn/precision.py)
   rank_radius: int = 16  # the entropy-adaptive order ranks tokens by +-R tables
   # (narrower ones would lump the tail into the escape and look too certain)
 
