@@ -28,7 +28,8 @@ refuses images above the same ``--max-pixels`` (their stream would be refused by
 decoder with the default limit), from the file's header, before decoding it.
 ``decompress`` and ``info`` read a file no further than its header's declared length.
 ``compress --size-schedule`` picks the decode-time model sizes of a nested model
-(kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0');
+(kind 'nested'): 'full', 'fast', 'smallest' or one exit index per step ('2,2,1,0'),
+each optionally with an MLP width index for width-nested models ('2:0,2:1,1:2,0:2');
 the stream records it and ``m2t info`` shows it. Other kinds refuse it.
 ``compress`` and ``eval`` refine each image's latent before coding it
 (``m2t_jax/refine.py``: gradient steps on the model's RD loss). ``--effort N``
@@ -263,8 +264,9 @@ def _parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the --config model")
     if name == "compress":
       p.add_argument("--size-schedule", default=None,
-                     help="nested models: the exit of each decode step, a name "
-                          "('full', 'fast', 'smallest') or indices '2,2,1,0' "
+                     help="nested models: the exit (and MLP width) of each decode "
+                          "step, a name ('full', 'fast', 'smallest') or indices "
+                          "'2,2,1,0' / 'exit:width' pairs '2:0,2:1,1:2,0:2' "
                           "(default: the model's)")
       _refine_arguments(p)
     from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
