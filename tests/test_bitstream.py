@@ -119,6 +119,8 @@ def test_size_schedule_round_trip_and_overhead():
   assert data == _craft(schedule=bytes([12, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0]))
   assert bs.unpack(data) == (header, _PAYLOAD)
   assert "exits 2,2,2,2,2,2,1,1,1,1,0,0" in info.describe(header, len(_PAYLOAD))
+  widths = dataclasses.replace(_HEADER, size_schedule=(2, 18, 34) + (0,) * 9)
+  assert "size schedule: 2:0,2:1,2:2,0:0," in info.describe(widths)
 
 
 def test_step_widths_round_trip():

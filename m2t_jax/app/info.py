@@ -4,6 +4,15 @@ itself is ``m2t_jax/coding/bitstream.py``)."""
 from m2t_jax.coding import bitstream
 
 
+def _size_schedule(codes) -> str:
+  """The size-schedule line: exits, or exit:width pairs when a step names an MLP
+  width (a code is exit + 16 * width, ``entropy/nested.py``)."""
+  if all(c < 16 for c in codes):
+    return f"  size schedule: exits {','.join(map(str, codes))} (model exit of each step)"
+  pairs = ",".join(f"{c % 16}:{c // 16}" for c in codes)
+  return f"  size schedule: {pairs} (model exit:MLP width of each step)"
+
+
 def describe(header: bitstream.Header, payload_bytes: int | None = None,
              version: int = bitstream.FORMAT_VERSION) -> str:
   """Multi-line human-readable summary of a header, for ``m2t info``.
@@ -24,8 +33,7 @@ def describe(header: bitstream.Header, payload_bytes: int | None = None,
       "or latent cells for a stream of EntropyCoder.compress)",
       f"  schedule:    {header.order}, {header.num_steps} steps, "
       f"alpha {header.alpha:g}",
-      *([f"  size schedule: exits {','.join(map(str, header.size_schedule))} "
-         "(model exit of each step)"] if header.size_schedule else []),
+      *([_size_schedule(header.size_schedule)] if header.size_schedule else []),
       f"  step widths: {header.step_widths} (how the encoder ran the decode steps)",
       f"  written on:  {header.writer}",
       f"  latent CRC:  {header.latent_crc:08x}",
