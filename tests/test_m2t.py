@@ -156,3 +156,21 @@ def test_step_checks_its_input_size_and_order():
     model.clone(step_widths="padded").step_width(0)
   with pytest.raises(ValueError, match="only for MT"):
     _m2t(4, 4, order="entropy").init(jax.random.key(1), tokens)
+
+
+def test_the_stream_records_step_widths_and_the_decoder_follows():
+  """A stream says how its encoder ran the steps; a decoder set up either way
+  decodes both kinds exactly (here both on CPU, where 'auto' means exact)."""
+  from m2t_jax import EntropyCoder, get_config  # noqa: PLC0415
+  from m2t_jax.coding import bitstream  # noqa: PLC0415
+  config = get_config("m2t", "tiny")
+  y = np.random.default_rng(3).integers(-5, 6, (6, 9, config.latent_channels))
+  exact = EntropyCoder.from_config(config, seed=7)
+  shared = EntropyCoder.from_config(config, seed=7)
+  shared.model = shared.model.with_step_widths("shared")
+  streams = {name: coder.compress(y) for name, coder in (("exact", exact),
+                                                         ("shared", shared))}
+  for name, data in streams.items():
+    assert bitstream.unpack(data)[0].step_widths == name
+    for coder in (exact, shared):
+      np.testing.assert_array_equal(coder.decompress(data), y)
