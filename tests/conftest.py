@@ -8,6 +8,7 @@ them through the environment; the pytest processes themselves do not use it
 (below).
 """
 
+import gc
 import importlib
 import os
 import sys
@@ -52,3 +53,28 @@ if _ROOT not in sys.path:
 def load_experiment(name):
   """The module ``experiments.<name>`` (``from experiments import <name>``)."""
   return importlib.import_module(f"experiments.{name}")
+
+
+# Every compiled XLA:CPU executable keeps about five memory mappings of its own
+# (code and data sections) while it is alive, and Linux caps a process at
+# vm.max_map_count mappings (65530 by default). A pytest worker runs dozens of
+# test files and keeps every program it compiled in JAX's caches; on a clean
+# clone its mappings grew by about 100 per second (15,000-18,000 after four
+# minutes) until an allocation inside XLA's compiler failed and the worker died
+# of a segmentation fault in `backend_compile_and_load`. Dropping the compiled
+# programs when a worker nears the cap keeps it far below: the next test
+# recompiles what it needs.
+_MAPS = "/proc/self/maps"
+_MAX_MAPS = 30000
+
+
+def _mapping_count():
+  with open(_MAPS, "rb") as f:
+    return sum(1 for _ in f)
+
+
+def pytest_runtest_teardown(item, nextitem):
+  del item, nextitem
+  if os.path.exists(_MAPS) and _mapping_count() > _MAX_MAPS:
+    jax.clear_caches()
+    gc.collect()
