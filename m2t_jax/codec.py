@@ -27,6 +27,12 @@ a latent with a lower RD loss than E's before coding it; decoding is unchanged.
 Off (effort 0) by default in Python; ``m2t compress`` and ``m2t eval`` turn it on
 (``--effort``, default ``refine.DEFAULT_EFFORT``).
 
+Variable rate: a model trained with ``variable_rate`` (``m2t_jax/model.py``)
+codes at any quality Q in 0..100 (``compress(image, quality=Q)``, default
+``model.DEFAULT_QUALITY``), or at a size: ``compress(image, target_bpp=B)`` /
+``target_size=BYTES`` search the quality (``rate_target.py``). The stream
+records the quality (its rate code); decoding needs nothing else.
+
 Hostile streams: every failure is a ``BitstreamError`` with a message naming the
 check; a header claiming more than ``max_pixels`` pixels (default Pillow's
 decompression-bomb limit, ``bitstream.DEFAULT_MAX_PIXELS`` = 89,478,485) is
@@ -36,6 +42,7 @@ refused (``StreamTooLargeError``) before anything is allocated.
 import dataclasses
 import functools
 import time
+import warnings
 
 import jax.numpy as jnp
 import ml_collections
@@ -48,7 +55,9 @@ from m2t_jax import saved_model
 from m2t_jax.coding import bitstream, determinism
 from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
                                       StreamTooLargeError)
-from m2t_jax.coding.entropy_coder import EntropyCoder, LatentError, check_latent
+from m2t_jax import rate_target
+from m2t_jax.coding.entropy_coder import (EntropyCoder, LatentError, check_latent,
+                                          rate_level_of_code)
 from m2t_jax.coding.fingerprint import fingerprint
 from m2t_jax.nn.elic import DOWNSCALE
 
@@ -63,14 +72,16 @@ def _autoencoder_fns(config: ml_collections.FrozenConfigDict):
   """(analysis, synthesize), jitted once per config and process, so that every
   Codec of a config shares their compilations (a new jit per Codec would
   reload each executable from the persistent cache, or compile it again):
-  analysis(params, x) = y, E of a padded float32 (1, H, W, 3) image (0..255),
-  unrounded (refinement starts from it); synthesize(params, y_hat) = D's image,
-  rounded and clipped to uint8 (1, H, W, 3)."""
+  analysis(params, x, level) = y, E of a padded float32 (1, H, W, 3) image
+  (0..255), unrounded (refinement starts from it); synthesize(params, y_hat,
+  level) = D's image, rounded and clipped to uint8 (1, H, W, 3); level: a
+  variable-rate model's rate level (1,) float32, else None."""
   model = model_lib.build_model(config)
-  analysis = determinism.jit(lambda p, x: model.apply(
-      {"params": p}, x, method=model_lib.CompressionModel.encode))
-  synthesize = determinism.jit(lambda p, y: jnp.clip(jnp.round(model.apply(
-      {"params": p}, y, method=model_lib.CompressionModel.decode)), 0, 255).astype(jnp.uint8))
+  analysis = determinism.jit(lambda p, x, level: model.apply(
+      {"params": p}, x, level, method=model_lib.CompressionModel.encode))
+  synthesize = determinism.jit(lambda p, y, level: jnp.clip(jnp.round(model.apply(
+      {"params": p}, y, level, method=model_lib.CompressionModel.decode)), 0, 255
+  ).astype(jnp.uint8))
   return analysis, synthesize
 
 
@@ -113,6 +124,9 @@ class Codec:
     self.max_pixels = int(max_pixels)
     self.refine = self._refine_settings(refine, RefineSettings(), effort)
     self.refine_max_pixels = refine_lib.MAX_PIXELS
+    # A variable-rate model's quality when a call gives none (None:
+    # model.DEFAULT_QUALITY); settable, like codec.refine.
+    self.quality = None
     self._refine_steps = {}  # jitted refinement steps, per image shape and settings
     config = precision.coding_config(config)  # always float32 (nn/precision.py)
     self.config = ml_collections.FrozenConfigDict(config)
@@ -159,6 +173,44 @@ class Codec:
   def name(self) -> str:
     return f"{self.config.model}:{self.config.size} ({self.fingerprint.hex()[:12]})"
 
+  @property
+  def variable_rate(self) -> bool:
+    """Whether this model codes at any quality (``compress(quality=...)``)."""
+    return model_lib.is_variable_rate(self.config)
+
+  def rate_code(self, quality=None) -> int | None:
+    """The stream's rate code of ``quality`` (0..100; None: ``codec.quality``,
+    else ``model.DEFAULT_QUALITY``) for a variable-rate model; None for a
+    fixed-rate model, which takes no quality (ValueError if one is given, or for
+    a quality outside 0..100)."""
+    quality = self.quality if quality is None else quality
+    if not self.variable_rate:
+      if quality is not None:
+        raise ValueError(f"This model ({self.name}) has one rate: it takes no "
+                         "quality. Use a variable-rate model, or pick a model per rate.")
+      return None
+    quality = model_lib.DEFAULT_QUALITY if quality is None else quality
+    return round(model_lib.check_quality(quality) / 100 * bitstream.RATE_CODE_MAX)
+
+  @property
+  def lmbda(self) -> float:
+    """The RD trade-off (lambda on MSE over 0..255) the model codes at: its
+    training lambda, or a variable-rate model's lambda at ``codec.quality``."""
+    level = rate_level_of_code(self.rate_code())
+    if level is None:
+      return float(self.config.get("lmbda", float("nan")))
+    return float(model_lib.lmbda_of_level(self.config, float(level)))
+
+  @staticmethod
+  def quality_of_code(rate_code: int | None) -> float | None:
+    """The quality (0..100) a rate code stands for; None for None."""
+    return None if rate_code is None else 100.0 * rate_code / bitstream.RATE_CODE_MAX
+
+  def _level(self, rate_code):
+    """The jitted functions' level argument: (1,) float32, or None."""
+    level = rate_level_of_code(rate_code)
+    return None if level is None else jnp.full((1,), level, jnp.float32)
+
   # --- the autoencoder ----------------------------------------------------------
   @staticmethod
   def _refine_settings(refine, default, effort=None) -> RefineSettings:
@@ -178,27 +230,38 @@ class Codec:
     return dataclasses.replace(default, steps=int(refine))
 
   def analyze(self, image: np.ndarray, refine: "RefineSettings | int | None" = None,
-              effort: int | None = None) -> np.ndarray:
+              effort: int | None = None, quality=None) -> np.ndarray:
     """uint8 (H, W, 3) -> the latent that compress codes: y_hat int64 (1, h, w, C),
     h, w = ``latent_size(H, W)``. refine: None (``codec.refine``), a number of
     steps or ``RefineSettings``; or effort: an effort level, 0 (E's latent) to
     ``refine.MAX_EFFORT`` (ValueError otherwise, or with refine too); images above
-    ``refine_max_pixels`` pixels get E's latent unrefined."""
+    ``refine_max_pixels`` pixels get E's latent unrefined. quality: a
+    variable-rate model's (0..100, None = the default; see ``rate_code``)."""
     image = check_image(image)
+    rate_code = self.rate_code(quality)
     settings = self._refine_settings(refine, self.refine, effort)
     x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
-    y = self._analysis(self.params, x)
+    y = self._analysis(self.params, x, self._level(rate_code))
     height, width = image.shape[:2]
     if settings.steps and height * width <= self.refine_max_pixels:
-      lmbda = settings.lmbda if settings.lmbda is not None else float(self.config.lmbda)
+      level = rate_level_of_code(rate_code)
+      lmbda = settings.lmbda
+      if lmbda is None:  # the model's own trade-off (at this quality)
+        lmbda = float(self.config.lmbda if level is None
+                      else model_lib.lmbda_of_level(self.config, float(level)))
       y = refine_lib.refine(self.model, self.params, x, y, height, width, lmbda,
-                            settings, self._refine_steps)
+                            settings, self._refine_steps,
+                            rate_level=None if level is None else float(level))
     return np.asarray(jnp.round(y)).astype(np.int64)
 
-  def reconstruct(self, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
+  def reconstruct(self, y_hat: np.ndarray, height: int, width: int,
+                  rate_code: int | None = None) -> np.ndarray:
     """The decoder's image of a latent (1, h, w, C): uint8 (height, width, 3).
     Integer values (or the float means of progressive decoding) only: NaN/inf
-    or values outside int32 raise LatentError."""
+    or values outside int32 raise LatentError. rate_code: a variable-rate
+    model's (the stream's; None: that of ``codec.quality``)."""
+    rate_code = self.rate_code() if rate_code is None else rate_code
+    self.entropy_coder.check_rate_code(rate_code)
     y_hat = np.asarray(y_hat)
     if np.issubdtype(y_hat.dtype, np.floating):  # Progressive means: any finite value.
       if not np.all(np.isfinite(y_hat)):
@@ -206,17 +269,24 @@ class Codec:
       check_latent(np.round(y_hat), self.config.latent_channels, batched=True)
     else:
       y_hat = check_latent(y_hat, self.config.latent_channels, batched=True)
-    x = self._synthesize(self.params, jnp.asarray(y_hat, jnp.float32))
+    x = self._synthesize(self.params, jnp.asarray(y_hat, jnp.float32), self._level(rate_code))
     return np.asarray(x)[0, :height, :width]
 
   # --- images <-> bytes ---------------------------------------------------------
   def compress(self, image: np.ndarray, size_schedule=None,
                refine: "RefineSettings | int | None" = None,
-               effort: int | None = None) -> bytes:
+               effort: int | None = None, quality=None, target_bpp=None,
+               target_size=None) -> bytes:
     """uint8 (H, W, 3) -> bytes (header + range-coded y_hat + CRC).
 
     refine, effort: the encoder's latent refinement (see ``analyze``); both None:
       ``codec.refine``. Decoding does not depend on it.
+
+    quality: a variable-rate model's quality, 0 (smallest) to 100 (best); None:
+      ``model.DEFAULT_QUALITY``. target_bpp / target_size (bytes): instead of a
+      quality, the quality whose stream comes nearest the target
+      (``compress_to_target``, which also says whether it was reached; here a
+      missed target only warns). At most one of the three.
 
     size_schedule: for a nested model (kind 'nested'), the model exit of each
       decode step: None (the model's default), 'full', 'fast', 'smallest' or a
@@ -225,16 +295,40 @@ class Codec:
       ValueError for a schedule the model cannot run, or an image of more than
       ``max_pixels`` pixels (checked before any work).
     """
+    if target_bpp is not None or target_size is not None:
+      if quality is not None:
+        raise ValueError("give a quality or a target (target_bpp / target_size), not both.")
+      data, report = self.compress_to_target(image, target_bpp, target_size,
+                                             size_schedule, refine, effort)
+      if not report.reached:
+        warnings.warn(report.message, stacklevel=2)
+      return data
     image = check_image(image)
     self._check_pixels(*image.shape[:2])  # before the analysis
     self.entropy_model.resolve_size_schedule(size_schedule)
-    return self.compress_latent(self.analyze(image, refine, effort), *image.shape[:2],
-                                size_schedule)
+    rate_code = self.rate_code(quality)
+    return self.compress_latent(self.analyze(image, refine, effort, quality),
+                                *image.shape[:2], size_schedule, rate_code)
+
+  def compress_to_target(self, image: np.ndarray, target_bpp=None, target_size=None,
+                         size_schedule=None, refine=None, effort=None):
+    """(bytes, ``rate_target.TargetReport``): the stream of the quality whose
+    real size comes nearest ``target_bpp`` (bits per pixel of the image) or
+    ``target_size`` (bytes of the whole stream), within
+    ``rate_target.TOLERANCE`` where the model's range reaches it; the report
+    says the quality, the size and whether the target was reached. Needs a
+    variable-rate model; ValueError for a bad target."""
+    return rate_target.compress_to_target(self, image, target_bpp, target_size,
+                                          size_schedule, refine, effort)
 
   def compress_latent(self, y_hat: np.ndarray, height: int, width: int,
-                      size_schedule=None) -> bytes:
+                      size_schedule=None, rate_code: int | None = None) -> bytes:
     """Codes an integer latent (1, h, w, C) of an image of ``height`` x ``width``
-    (``compress`` calls this; public so that any latent can be coded)."""
+    (``compress`` calls this; public so that any latent can be coded) at a
+    variable-rate model's ``rate_code`` (``rate_code(quality)``; None: that of
+    ``codec.quality``)."""
+    rate_code = self.rate_code() if rate_code is None else rate_code
+    self.entropy_coder.check_rate_code(rate_code)
     self._check_pixels(height, width)
     y_hat = np.asarray(y_hat)
     expected = (1, *latent_size(height, width), self.config.latent_channels)
@@ -243,9 +337,9 @@ class Codec:
                        f"image (expected {expected}).")
     y = check_latent(y_hat[0], self.config.latent_channels)[None]
     schedule = self.entropy_model.resolve_size_schedule(size_schedule)
-    payload = self.entropy_coder.encode_tokens(y, schedule)
+    payload = self.entropy_coder.encode_tokens(y, schedule, rate_code)
     header = self.entropy_coder.header(height, width, bitstream.latent_crc(y),
-                                       self.fingerprint, schedule)
+                                       self.fingerprint, schedule, rate_code)
     return bitstream.pack(header, payload)
 
   def _check_pixels(self, height: int, width: int) -> None:
@@ -295,7 +389,7 @@ class Codec:
     y_hat = self.entropy_coder.decode_tokens(
         payload, *latent_size(header.height, header.width), num_steps, timings, header)
     t0 = time.perf_counter()
-    image = self.reconstruct(y_hat, header.height, header.width)
+    image = self.reconstruct(y_hat, header.height, header.width, header.rate_code)
     if timings is not None:
       timings["synthesis_s"] = time.perf_counter() - t0
     return image
@@ -309,9 +403,9 @@ class Codec:
 
   def estimate(self, image: np.ndarray, size_schedule=None,
                refine: "RefineSettings | int | None" = None,
-               effort: int | None = None) -> dict:
+               effort: int | None = None, quality=None) -> dict:
     """The model's rate estimate and reconstruction of the y_hat that compress codes
-    (with the same ``refine`` or ``effort``).
+    (with the same ``refine``, ``effort`` and ``quality``).
 
     Returns {"bits": float, "bpp": float, "reconstruction": uint8 (H, W, 3),
     "y_hat": int64 (1, h, w, C)}. Bits from the continuous bin masses (the
@@ -319,12 +413,15 @@ class Codec:
     the kind has one (M2T), else the decode loop's distributions (MT).
     """
     image = check_image(image)
-    return self.estimate_latent(self.analyze(image, refine, effort), *image.shape[:2],
-                                size_schedule)
+    rate_code = self.rate_code(quality)
+    return self.estimate_latent(self.analyze(image, refine, effort, quality),
+                                *image.shape[:2], size_schedule, rate_code)
 
   def estimate_latent(self, y_hat: np.ndarray, height: int, width: int,
-                      size_schedule=None) -> dict:
-    """``estimate`` of an integer latent (1, h, w, C) of a height x width image."""
-    bits = self.entropy_coder.estimate_bits(y_hat, size_schedule)
+                      size_schedule=None, rate_code: int | None = None) -> dict:
+    """``estimate`` of an integer latent (1, h, w, C) of a height x width image
+    (at a variable-rate model's ``rate_code``; None: that of ``codec.quality``)."""
+    rate_code = self.rate_code() if rate_code is None else rate_code
+    bits = self.entropy_coder.estimate_bits(y_hat, size_schedule, rate_code)
     return {"bits": bits, "bpp": bits / (height * width), "y_hat": y_hat,
-            "reconstruction": self.reconstruct(y_hat, height, width)}
+            "reconstruction": self.reconstruct(y_hat, height, width, rate_code)}

@@ -11,9 +11,21 @@ and the context see y_hat through a straight-through estimator. Evaluation
 (``train=False``) uses y_hat itself as the target, which is exactly what the range
 coder pays up to table quantisation (M2T; MT's pass with a random mask is an
 estimate, the codec's S steps are the real cost).
+
+Variable rate (a config with ``variable_rate``; after Cui et al., "Asymmetric
+Gained Deep Image Compression with Continuous Rate Adaptation", CVPR 2021): one
+model for a range of trade-offs lambda in [lmbda_min, lmbda_max]. A *rate level*
+t in [0, 1] (the user's quality Q = 100 t) stands for lambda(t) = lmbda_min *
+(lmbda_max / lmbda_min)^t. E's latent is multiplied per channel by a gain vector
+and D's input by an inverse gain vector, each interpolated in the log domain
+between A learned anchor vectors at evenly spaced levels; the entropy model gets
+t too (``entropy/base.py``, "Variable rate"). Training draws t ~ U(0, 1) per
+example (lambda log-uniform over the range) and weighs each example's MSE by its
+own lambda(t).
 """
 
 import functools
+import math
 import numbers
 
 import flax.linen as nn
@@ -21,10 +33,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from m2t_jax.entropy import base, patches, registry
+from m2t_jax.entropy import base, embedding, patches, registry
 from m2t_jax.evaluation import metrics
 from m2t_jax.nn import precision
 from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis
+
+# The quality (0..100) a variable-rate model codes at when none is given: the
+# middle of its lambda range, in the log domain.
+DEFAULT_QUALITY = 50.0
 
 # The training PSNRs (the model's and a frozen decoder's) floor the MSE here, so
 # that a perfect crop gives a finite value that a mean over steps can hold.
@@ -66,11 +82,50 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      "(bottleneck blocks halve them).")
   if config.gmm.num_mixtures < 1 or not 0 < config.gmm.prob_floor < 1e-3:
     raise ValueError("gmm.num_mixtures must be >= 1 and 0 < gmm.prob_floor < 1e-3.")
+  _validate_variable_rate(config)
   if config.gmm.table_radius < 1 or config.gmm.get("narrow_radius", 0) < 0:
     raise ValueError("gmm.table_radius must be >= 1 and gmm.narrow_radius >= 0.")
   if not 0 < config.gmm.get("wide_threshold", 0.5) < 1:
     raise ValueError("gmm.wide_threshold must be in (0, 1).")
   kind.model.validate_config(config)
+
+
+def _validate_variable_rate(config) -> None:
+  variable = config.get("variable_rate")
+  if variable is None:
+    return
+  lo, hi, anchors = variable.get("lmbda_min"), variable.get("lmbda_max"), variable.get("anchors")
+  if not _is_count(anchors, 2):
+    raise ValueError(f"variable_rate.anchors must be an integer >= 2, got {anchors!r}.")
+  if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in (lo, hi)) or not (
+      0 < lo < hi):
+    raise ValueError("variable_rate needs finite 0 < lmbda_min < lmbda_max, got "
+                     f"lmbda_min={lo!r}, lmbda_max={hi!r}.")
+  if config.get("train_part", "all") != "all":
+    raise ValueError("A variable-rate model trains jointly (train_part='all'); "
+                     f"train_part={config.train_part!r} is not supported for it.")
+
+
+def is_variable_rate(config) -> bool:
+  """Whether ``config`` describes a variable-rate model (``variable_rate``)."""
+  return config.get("variable_rate") is not None
+
+
+def check_quality(quality) -> float:
+  """``quality`` as a float if it is a finite number in [0, 100]; ValueError
+  otherwise."""
+  if isinstance(quality, bool) or not isinstance(quality, numbers.Real) or not (
+      math.isfinite(quality) and 0 <= quality <= 100):
+    raise ValueError(f"quality must be a number from 0 (smallest files) to 100 (best "
+                     f"images), got {quality!r}.")
+  return float(quality)
+
+
+def lmbda_of_level(config, rate_level):
+  """lambda (MSE on 0..255) of rate level(s) in [0, 1] of a variable-rate config:
+  lmbda_min * (lmbda_max / lmbda_min)^t (numpy or jax, any shape)."""
+  v = config.variable_rate
+  return v.lmbda_min * (v.lmbda_max / v.lmbda_min) ** rate_level
 
 
 def pad_to_multiple(image: jax.Array, multiple: int = DOWNSCALE) -> jax.Array:
@@ -95,35 +150,72 @@ class CompressionModel(nn.Module):
                                  c.elic.num_res_blocks)
     self.synthesis = ElicSynthesis(c.elic.num_filters, c.elic.num_res_blocks)
     self.entropy_model = entropy_model_from_config(c)
+    if is_variable_rate(c):
+      v = c.variable_rate
+      # Gains start at sqrt(lambda / config.lmbda) (an MSE-optimal uniform
+      # quantiser's step scales as lambda^-1/2), the inverse gains at their
+      # reciprocal: a model warm-started from one trained at config.lmbda starts
+      # at its own operating point in the middle of the range.
+      lmbdas = v.lmbda_min * (v.lmbda_max / v.lmbda_min) ** jnp.linspace(0, 1, v.anchors)
+      log_gain = 0.5 * jnp.log(lmbdas / c.lmbda)[:, None] * jnp.ones(c.latent_channels)
+      self.log_gain = self.param("log_gain", lambda _: log_gain)
+      self.log_inverse_gain = self.param("log_inverse_gain", lambda _: -log_gain)
 
   def _compute(self, x: jax.Array) -> jax.Array:
     """x in the compute dtype (``nn/precision.py``): bfloat16 parameters then run
     the ELIC convolutions in bfloat16."""
     return x.astype(precision.dtype_of(self.config.get("compute_dtype", "float32")))
 
-  def encode(self, image: jax.Array) -> jax.Array:
-    """(B, H, W, 3) on 0..255, H, W multiples of 16 -> y (B, H/16, W/16, C),
-    float32."""
-    return self.analysis(self._compute(image / 255.0)).astype(jnp.float32)
+  def _gain(self, log_gains: jax.Array, rate_level) -> jax.Array:
+    """(B, 1, 1, C): the gain vector of each example's rate level (B,), the
+    anchors' log gains (A, C) interpolated linearly."""
+    low, frac = embedding.anchor_position(self._levels(rate_level), log_gains.shape[0])
+    log_gain = log_gains[low] * (1.0 - frac)[:, None] + log_gains[low + 1] * frac[:, None]
+    return jnp.exp(log_gain)[:, None, None, :]
 
-  def decode(self, y_hat: jax.Array) -> jax.Array:
+  def _levels(self, rate_level) -> jax.Array:
+    """The rate levels (B,) float32 of a variable-rate model; ValueError when a
+    fixed-rate model gets one or a variable-rate one none."""
+    variable = is_variable_rate(self.config)
+    if variable != (rate_level is not None):
+      raise ValueError("A variable-rate model needs a rate level (B,) in [0, 1]; a "
+                       "fixed-rate model takes none." if variable else
+                       "This model has one rate: it takes no rate level.")
+    return None if rate_level is None else jnp.asarray(rate_level, jnp.float32)
+
+  def encode(self, image: jax.Array, rate_level=None) -> jax.Array:
+    """(B, H, W, 3) on 0..255, H, W multiples of 16 -> y (B, H/16, W/16, C),
+    float32. rate_level: (B,) in [0, 1] for a variable-rate model, else None."""
+    y = self.analysis(self._compute(image / 255.0)).astype(jnp.float32)
+    if self._levels(rate_level) is None:
+      return y
+    return y * self._gain(self.log_gain, rate_level)
+
+  def decode(self, y_hat: jax.Array, rate_level=None) -> jax.Array:
     """(B, h, w, C) -> reconstruction (B, 16h, 16w, 3) on 0..255, unclipped,
-    float32."""
+    float32. rate_level: (B,) in [0, 1] for a variable-rate model, else None."""
+    if self._levels(rate_level) is not None:
+      y_hat = y_hat * self._gain(self.log_inverse_gain, rate_level)
     return self.synthesis(self._compute(y_hat)).astype(jnp.float32) * 255.0
 
   def latent_bits(self, y_hat: jax.Array, targets: jax.Array, rng=None,
-                  train: bool = False) -> jax.Array:
+                  train: bool = False, rate_level=None) -> jax.Array:
     """Estimated bits of each latent: (B,) float32.
 
     y_hat: (B, h, w, C), the rounded latent the entropy model reads as context;
     targets: (B, h, w, C), what it pays for (y_hat itself, or y + uniform noise in
-    training); rng: the kind's own randomness (MT's masks), needed when train.
+    training); rng: the kind's own randomness (MT's masks), needed when train;
+    rate_level: (B,) in [0, 1] for a variable-rate model, else None.
     """
     c = self.config
     b = y_hat.shape[0]
     tokens, valid = patches.to_patches(y_hat, c.patch_size)
     target_tokens, _ = patches.to_patches(targets, c.patch_size)
-    rate = self.entropy_model.rate(tokens, target_tokens, rng=rng, train=train)
+    levels = self._levels(rate_level)
+    if levels is not None:  # each patch gets its image's level
+      levels = jnp.repeat(jnp.broadcast_to(levels, (b,)), tokens.shape[0] // b)
+    rate = self.entropy_model.rate(tokens, target_tokens, rng=rng, train=train,
+                                   rate_level=levels)
     token_bits = jnp.sum(rate.bits, axis=-1)  # (N, L)
     paid = rate.paid & valid
     # A kind may pay only some tokens (MT: the masked ones): scale each patch's
@@ -134,39 +226,62 @@ class CompressionModel(nn.Module):
     patch_bits = jnp.sum(token_bits * paid, axis=-1) * num_valid / num_paid
     return jnp.sum(patch_bits.reshape(b, -1), axis=-1)
 
-  def __call__(self, image: jax.Array, rng=None, train: bool = False):
+  def __call__(self, image: jax.Array, rng=None, train: bool = False, rate_level=None):
     """Forward pass. image (B, H, W, 3) 0..255, H, W multiples of 16.
 
     rng: needed when train=True (uniform noise, and the entropy model's own
-      randomness, e.g. MT's masks). Returns a dict:
+      randomness, e.g. MT's masks). rate_level: a variable-rate model's (B,) in
+      [0, 1]; None draws U(0, 1) per example in training and takes
+      ``DEFAULT_QUALITY`` otherwise. Returns a dict:
       bits (B,) estimated bits per image; bpp (B,); mse (B,) on 0..255;
       psnr (B,) dB; reconstruction (B, H, W, 3) on 0..255 (unclipped);
-      y_hat (B, h, w, C) rounded latent.
+      y_hat (B, h, w, C) rounded latent; and for a variable-rate model
+      rate_level (B,) and lmbda (B,), each example's lambda(t).
     """
-    _, h_img, w_img, _ = image.shape
-    y = self.encode(image)
+    b, h_img, w_img, _ = image.shape
+    if train and rng is None:
+      raise ValueError("train=True needs an rng for the noise and the MT masks.")
+    extra = {}
+    if is_variable_rate(self.config):
+      if rate_level is None and train:
+        rng, level_rng = jax.random.split(rng)
+        rate_level = jax.random.uniform(level_rng, (b,))
+      elif rate_level is None:
+        rate_level = jnp.full((b,), DEFAULT_QUALITY / 100.0)
+      rate_level = jnp.broadcast_to(jnp.asarray(rate_level, jnp.float32), (b,))
+      extra = {"rate_level": rate_level,
+               "lmbda": lmbda_of_level(self.config, rate_level)}
+    y = self.encode(image, rate_level)
     y_hat = ste_round(y)
     mask_rng = None
     if train:
-      if rng is None:
-        raise ValueError("train=True needs an rng for the noise and the MT masks.")
       noise_rng, mask_rng = jax.random.split(rng)  # mask_rng: the kind's own
       targets = y + jax.random.uniform(noise_rng, y.shape, minval=-0.5, maxval=0.5)
     else:
       targets = y_hat
-    bits = self.latent_bits(y_hat, targets, mask_rng, train)
-    x_hat = self.decode(y_hat)
+    bits = self.latent_bits(y_hat, targets, mask_rng, train, rate_level)
+    x_hat = self.decode(y_hat, rate_level)
     mse = jnp.mean(jnp.square(x_hat - image), axis=(1, 2, 3))
     clipped = jnp.clip(x_hat, 0, 255)
     psnr = metrics.psnr_from_mse(jnp.mean(jnp.square(clipped - image), axis=(1, 2, 3)),
                                  min_mse=MIN_MSE)
     return {"bits": bits, "bpp": bits / (h_img * w_img), "mse": mse, "psnr": psnr,
-            "reconstruction": x_hat, "y_hat": y_hat}
+            "reconstruction": x_hat, "y_hat": y_hat, **extra}
 
 
-def rd_loss(outputs, lmbda: float) -> jax.Array:
-  """Mean over the batch of bpp + lambda * MSE (0..255) (SPEC §1)."""
+def rd_loss(outputs, lmbda) -> jax.Array:
+  """Mean over the batch of bpp + lambda * MSE (0..255) (SPEC §1); lambda a
+  scalar or one per example (B,)."""
   return jnp.mean(outputs["bpp"] + lmbda * outputs["mse"])
+
+
+def example_lmbda(config, outputs, lmbda):
+  """The lambda each example's loss weighs its MSE with: ``lmbda`` (the run's
+  lambda at this step, ``lmbda_at_step``) for a fixed-rate model; for a
+  variable-rate one each example's lambda(t) times the same warm-up factor."""
+  if "lmbda" not in outputs:
+    return lmbda
+  return outputs["lmbda"] * (lmbda / config.lmbda)
 
 
 def lmbda_at_step(config, step) -> jax.Array:

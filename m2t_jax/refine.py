@@ -134,27 +134,33 @@ def check_effort(effort) -> int:
   return int(effort)
 
 
-def _parts(model, params, image, height: int, width: int, lmbda: float):
-  """(bits_per_pixel(y_hat, paid), distortion(y_hat)) of one padded image."""
+def _parts(model, params, image, height: int, width: int, lmbda: float,
+           rate_level: float | None = None):
+  """(bits_per_pixel(y_hat, paid), distortion(y_hat)) of one padded image;
+  rate_level: a variable-rate model's, else None."""
   target = image[:, :height, :width]
   pixels = height * width
+  level = None if rate_level is None else jnp.full((1,), rate_level, jnp.float32)
 
   def bits_per_pixel(y_hat, paid):
-    return model.apply({"params": params}, y_hat, paid,
+    return model.apply({"params": params}, y_hat, paid, rate_level=level,
                        method=model_lib.CompressionModel.latent_bits)[0] / pixels
 
   def distortion(y_hat):
-    x_hat = model.apply({"params": params}, y_hat, method=model_lib.CompressionModel.decode)
+    x_hat = model.apply({"params": params}, y_hat, level,
+                        method=model_lib.CompressionModel.decode)
     return lmbda * jnp.mean(jnp.square(x_hat[:, :height, :width] - target))
 
   return bits_per_pixel, distortion
 
 
-def loss_fn(model, params, image, height: int, width: int, lmbda: float):
+def loss_fn(model, params, image, height: int, width: int, lmbda: float,
+            rate_level: float | None = None):
   """y -> L(y), the RD loss of round(y) (what is coded), for one padded image
   (1, H', W', 3) on 0..255 of which the top-left ``height`` x ``width`` pixels are
-  the image; y: (1, H'/16, W'/16, C)."""
-  bits_per_pixel, distortion = _parts(model, params, image, height, width, lmbda)
+  the image; y: (1, H'/16, W'/16, C); rate_level: a variable-rate model's."""
+  bits_per_pixel, distortion = _parts(model, params, image, height, width, lmbda,
+                                      rate_level)
 
   def loss(y):
     y_hat = jnp.round(y)
@@ -164,7 +170,7 @@ def loss_fn(model, params, image, height: int, width: int, lmbda: float):
 
 
 def surrogate_fn(model, params, image, height: int, width: int, lmbda: float,
-                 rate_target: str = "continuous"):
+                 rate_target: str = "continuous", rate_level: float | None = None):
   """y -> the loss whose gradient refinement follows (same image layout as
   ``loss_fn``). D and the entropy model's context see round(y), straight through.
   rate_target 'continuous': the rate paid is that of y itself, the continuous
@@ -172,7 +178,8 @@ def surrogate_fn(model, params, image, height: int, width: int, lmbda: float,
   towards its mixture's mass; 'rounded': it pays for round(y), so the surrogate
   is L itself, whose rate gradient only sees the mixture around the current
   integer (docs/results/refinement.md compares the two)."""
-  bits_per_pixel, distortion = _parts(model, params, image, height, width, lmbda)
+  bits_per_pixel, distortion = _parts(model, params, image, height, width, lmbda,
+                                      rate_level)
 
   def surrogate(y):
     y_hat = model_lib.ste_round(y)
@@ -220,16 +227,18 @@ def init_carry(y):
 
 
 @functools.lru_cache(maxsize=32)
-def make_refiner(model, height: int, width: int, lmbda: float, rate_target: str) -> Refiner:
+def make_refiner(model, height: int, width: int, lmbda: float, rate_target: str,
+                 rate_level: float | None = None) -> Refiner:
   """The ``Refiner`` of images of ``height`` x ``width`` (padded layout as in
   ``loss_fn``). The step index, the step count and the step size are traced: one
-  compilation serves every setting. Kept per (model, size, lambda, target) in the
-  process (models hash by their config), so that every Codec of a model shares
-  the compilations."""
+  compilation serves every setting. Kept per (model, size, lambda, target, rate
+  level) in the process (models hash by their config), so that every Codec of a
+  model shares the compilations."""
   optimizer = optax.scale_by_adam()
 
   def step(params, image, carry, i, steps, learning_rate):
-    surrogate = surrogate_fn(model, params, image, height, width, lmbda, rate_target)
+    surrogate = surrogate_fn(model, params, image, height, width, lmbda, rate_target,
+                             rate_level)
     current, opt_state, best, best_value = carry
     value, grad = jax.value_and_grad(surrogate)(current)
     direction, opt_state = optimizer.update(grad, opt_state, current)
@@ -245,7 +254,7 @@ def make_refiner(model, height: int, width: int, lmbda: float, rate_target: str)
 
   def choose(params, image, y, carry):
     last, _, best, _ = carry
-    loss = loss_fn(model, params, image, height, width, lmbda)
+    loss = loss_fn(model, params, image, height, width, lmbda, rate_level)
     candidates = jnp.stack([y, last, best])
     losses = jax.lax.map(loss, candidates)  # one compiled pass, three times
     chosen = jnp.argmin(losses)  # the first of equal losses: E's latent
@@ -268,7 +277,7 @@ def descend(refiner: Refiner, params, image, y, settings: RefineSettings):
 
 def refine(model, params, image, y, height: int, width: int, lmbda: float,
            settings: RefineSettings, step_cache: dict | None = None,
-           losses: dict | None = None):
+           losses: dict | None = None, rate_level: float | None = None):
   """The refined latent (float32, same shape as y; round it to code it).
 
   model, params: a CompressionModel and its parameters; image: (1, H', W', 3)
@@ -277,13 +286,14 @@ def refine(model, params, image, y, height: int, width: int, lmbda: float,
   jitted parts in across calls (one compilation per image shape and lambda).
   losses: a dict that receives "loss" (L of the returned latent) and
   "unrefined_loss" (L of E's), bits per pixel plus lambda times MSE.
+  rate_level: a variable-rate model's level (y is E's latent at it), else None.
   Returns E's y itself when settings.steps == 0 (and no losses then).
   """
   if settings.steps == 0:
     return y
-  key = (height, width, image.shape, lmbda, settings.rate_target)
+  key = (height, width, image.shape, lmbda, settings.rate_target, rate_level)
   if step_cache is None or key not in step_cache:
-    refiner = make_refiner(model, height, width, lmbda, settings.rate_target)
+    refiner = make_refiner(model, height, width, lmbda, settings.rate_target, rate_level)
     if step_cache is not None:
       step_cache[key] = refiner
   else:

@@ -20,17 +20,18 @@ _PAYLOAD = b"\x01\x02\x03\x04\xff\x00\x10\x20"
 def _craft(*, magic=bs.MAGIC, version=bs.FORMAT_VERSION, kind=1, order=0, steps=12, alpha=2.0,
            height=512, width=768, fingerprint=bytes(range(16)), latent_crc=0xDEADBEEF,
            backend=2, jax=(0, 4, 38), payload=_PAYLOAD, payload_len=None, extra=b"",
-           widths=b"\x00", schedule=b"\x00"):
-  """A version 5 stream with arbitrary raw field values and a valid CRC over it
+           widths=b"\x00", rate=b"\xff\xff", schedule=b"\x00"):
+  """A version 6 stream with arbitrary raw field values and a valid CRC over it
   (the layout written out from the module docstring's table); ``widths`` is the
-  step-widths byte (absent from versions 3 and 4), ``schedule`` the raw
-  size-schedule block (n, then n bytes), absent from version 3."""
+  step-widths byte (absent from versions 3 and 4), ``rate`` the u16 rate code
+  (absent from versions 3 to 5), ``schedule`` the raw size-schedule block (n,
+  then n bytes), absent from version 3."""
   if payload_len is None:
     payload_len = len(payload)
   body = (magic + bytes([version, kind, order, steps]) + struct.pack("<f", alpha)
           + struct.pack("<II", height, width) + fingerprint
           + struct.pack("<I", latent_crc) + bytes([backend, *jax])
-          + struct.pack("<I", payload_len) + widths + schedule + payload + extra)
+          + struct.pack("<I", payload_len) + widths + rate + schedule + payload + extra)
   return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -44,7 +45,7 @@ def _craft_v2(version=2):
 def test_round_trip():
   data = bs.pack(_HEADER, _PAYLOAD)
   assert len(data) == bs.HEADER_BYTES + len(_PAYLOAD)
-  assert bs.HEADER_BYTES == 54
+  assert bs.HEADER_BYTES == 56
   assert data[:4] == b"M2TJ"
   header, payload = bs.unpack(data)
   assert header == _HEADER
@@ -102,9 +103,11 @@ def test_not_bytes():
     # byte itself is checked, not only the exits read.
     (_craft(steps=4, payload=b"", schedule=b"\x0a" + bytes(4)), "size schedule length 10, "),
     (_craft(steps=4, payload=b"", schedule=b"\xc8" + bytes(4)), "size schedule length 200, "),
-    (_craft(schedule=b"", payload=b""), "truncated"),  # 53 bytes: v5 needs 54
+    (_craft(schedule=b"", payload=b""), "truncated"),  # 55 bytes: v6 needs 56
     (_craft(widths=b"\x02"), "unknown step widths byte 2"),
-    (_craft(version=4, widths=b"", schedule=b"", payload=b""), "truncated"),  # v4: 53
+    (_craft(version=4, widths=b"", rate=b"", schedule=b"", payload=b""),
+     "truncated"),  # v4: 53
+    (_craft(version=5, rate=b"", schedule=b"", payload=b""), "truncated"),  # v5: 54
     (_craft(payload_len=len(_PAYLOAD) + 1), "payload length mismatch"),
 ])
 def test_each_check(data, match):
@@ -132,10 +135,33 @@ def test_step_widths_round_trip():
   assert bs.unpack(bs.pack(_HEADER, _PAYLOAD))[0].step_widths == "exact"
 
 
+def test_rate_code_round_trip():
+  for code in (0, 1234, bs.RATE_CODE_MAX):
+    header = dataclasses.replace(_HEADER, rate_code=code)
+    data = bs.pack(header, _PAYLOAD)
+    assert data == _craft(rate=struct.pack("<H", code))
+    assert bs.unpack(data) == (header, _PAYLOAD)
+    assert f"(rate code {code}; a variable-rate model)" in info.describe(header)
+  assert bs.unpack(_craft())[0].rate_code is None  # 65535: a fixed-rate model
+  assert "quality" not in info.describe(_HEADER)
+  for bad in (-1, bs.RATE_CODE_MAX + 1, 1.5, True):
+    with pytest.raises(ValueError, match="rate_code"):
+      bs.pack(dataclasses.replace(_HEADER, rate_code=bad), _PAYLOAD)
+
+
+def test_version_5_streams_still_read_without_a_rate_code():
+  data = _craft(version=5, rate=b"", schedule=b"\x0c" + bytes([1] * 12))
+  assert len(data) == 54 + 12 + len(_PAYLOAD)
+  header, payload = bs.unpack(data)
+  assert header == dataclasses.replace(_HEADER, size_schedule=(1,) * 12)
+  assert payload == _PAYLOAD and header.rate_code is None
+  assert "(8 payload + 66 header/CRC)" in info.describe(header, len(payload), version=5)
+
+
 def test_version_4_streams_still_read_as_shared_step_widths():
   # Version 4 is version 5 without the step-widths byte (53 bytes of overhead);
   # every version 4 stream ran its steps at shared widths.
-  data = _craft(version=4, widths=b"", schedule=b"\x0c" + bytes([1] * 12))
+  data = _craft(version=4, widths=b"", rate=b"", schedule=b"\x0c" + bytes([1] * 12))
   assert len(data) == 53 + 12 + len(_PAYLOAD)
   header, payload = bs.unpack(data)
   assert payload == _PAYLOAD
@@ -147,7 +173,7 @@ def test_version_4_streams_still_read_as_shared_step_widths():
 
 def test_version_3_streams_still_read():
   # Version 3 is version 4 without the size-schedule block (52 bytes of overhead).
-  data = _craft(version=3, widths=b"", schedule=b"")
+  data = _craft(version=3, widths=b"", rate=b"", schedule=b"")
   assert len(data) == 52 + len(_PAYLOAD)
   header, payload = bs.unpack(data)
   assert payload == _PAYLOAD and header.size_schedule == ()
@@ -247,16 +273,18 @@ def test_describe():
                "gpu, JAX 0.4.38", "deadbeef"]:
     assert part in text
   text = info.describe(_HEADER, payload_bytes=1000)
-  assert "1054 (1000 payload + 54 header/CRC)" in text
-  assert f"{8 * 1054 / (512 * 768):.4f} bits per pixel (per latent cell" in text
+  assert "1056 (1000 payload + 56 header/CRC)" in text
+  assert f"{8 * 1056 / (512 * 768):.4f} bits per pixel (per latent cell" in text
   assert "pixels, or latent cells" in text
 
 
 def test_declared_length():
   data = bs.pack(dataclasses.replace(_HEADER, size_schedule=(1,) * 12), _PAYLOAD)
-  assert bs.declared_length(data[:bs.PREFIX_BYTES]) == len(data) == 54 + 12 + 8
-  assert bs.declared_length(_craft(version=3, widths=b"", schedule=b"")[:bs.PREFIX_BYTES]) == 52 + 8
-  assert bs.declared_length(_craft(version=4, widths=b"")[:bs.PREFIX_BYTES]) == 53 + 8
+  assert bs.declared_length(data[:bs.PREFIX_BYTES]) == len(data) == 56 + 12 + 8
+  v3 = _craft(version=3, widths=b"", rate=b"", schedule=b"")
+  assert bs.declared_length(v3[:bs.PREFIX_BYTES]) == 52 + 8
+  assert bs.declared_length(_craft(version=4, widths=b"", rate=b"")[:bs.PREFIX_BYTES]) == 53 + 8
+  assert bs.declared_length(_craft(version=5, rate=b"")[:bs.PREFIX_BYTES]) == 54 + 8
   assert bs.declared_length(data[:bs.PREFIX_BYTES - 1]) is None  # too short to tell
   assert bs.declared_length(_craft_v2()) is None  # a layout it does not parse
   assert bs.declared_length(b"\x89PNG" + bytes(60)) is None

@@ -1,6 +1,7 @@
 """The ``m2t`` command.
 
   m2t compress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--size-schedule S]
+               [--quality Q | --target-bpp B | --target-size BYTES]
                [--max-pixels N] [--effort N] [--refine-steps N] [--refine-lr LR]
                [--refine-lmbda L]
   m2t decompress IN OUT [--checkpoint DIR | --config SPEC [--seed N]] [--max-pixels N]
@@ -8,8 +9,8 @@
   m2t demo [--output DIR]
   m2t summary CONFIG [SIZE]
   m2t eval (--images DIR | --tfds NAME:SPLIT) (--checkpoint DIR [DIR ...] | --config SPEC)
-           --output results.json [--effort N] [--refine-steps N] [--refine-lr LR]
-           [--refine-lmbda L]
+           --output results.json [--qualities Q ...] [--effort N] [--refine-steps N]
+           [--refine-lr LR] [--refine-lmbda L]
 
 IN for compress is any image Pillow reads (PNG, JPEG, ...); greyscale, palette and
 16-bit images are converted to RGB and alpha is dropped (a note is printed). OUT
@@ -38,6 +39,15 @@ API's default) to ``refine.MAX_EFFORT`` (default ``refine.DEFAULT_EFFORT``;
 docs/results/effort.md); ``--refine-steps`` and ``--refine-lr`` override the
 level's settings, for experiments. It costs encoding time only; decoding is the
 same.
+A variable-rate model (one trained with ``variable_rate``: ``m2t info`` shows a
+quality for its streams) codes at ``--quality Q``, 0 (smallest files) to 100 (best
+images; default ``model.DEFAULT_QUALITY`` = 50), where quality Q is the RD
+trade-off lambda = lmbda_min * (lmbda_max / lmbda_min)^(Q/100) of its training
+range; or at a size: ``--target-bpp B`` / ``--target-size BYTES`` search the
+quality (``m2t_jax/rate_target.py``: within 3%, or the nearest reachable, said).
+``m2t eval --qualities Q ...`` draws one RD point per quality from each such
+model (default for a variable-rate model: ``EVAL_QUALITIES``). Fixed-rate models
+refuse all of these.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
 
@@ -105,11 +115,22 @@ def _compress(args):
   image, notes = images.read_rgb(args.input, max_pixels=args.max_pixels)
   for note in notes:
     print(f"m2t: note: {note}", file=sys.stderr)
-  data = codec.compress(image, size_schedule=args.size_schedule, refine=refine)
+  if args.target_bpp is not None or args.target_size is not None:
+    data, report = codec.compress_to_target(image, args.target_bpp, args.target_size,
+                                            args.size_schedule, refine)
+    if not report.reached:
+      print(f"m2t: note: {report.message}", file=sys.stderr)
+    quality = report.quality
+  else:
+    data = codec.compress(image, size_schedule=args.size_schedule, refine=refine,
+                          quality=args.quality)
+    quality = codec.quality_of_code(codec.read_header(data).rate_code)
   with open(args.output, "wb") as f:
     f.write(data)
   h, w = image.shape[:2]
-  print(f"{args.input} -> {args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp")
+  at = "" if quality is None else f" at quality {quality:.2f}"
+  print(f"{args.input} -> {args.output}: {len(data)} bytes, "
+        f"{8 * len(data) / (h * w):.4f} bpp{at}")
 
 
 # Files whose first bytes are an m2t_jax stream of another format version (old
@@ -166,6 +187,11 @@ def _summary(args):
   print(summary.format_summary(configs.load_config(args.config, args.size)))
 
 
+# The qualities ``m2t eval`` draws a variable-rate model's curve at when
+# --qualities is not given: its range from end to end.
+EVAL_QUALITIES = (0.0, 25.0, 50.0, 75.0, 100.0)
+
+
 def _eval_model(path: str, refine=0):
   """(label, factory of the Codec) of one ``m2t eval --checkpoint PATH``
   (``model_source.resolve``; a workdir's choice is printed). FileNotFoundError
@@ -175,6 +201,32 @@ def _eval_model(path: str, refine=0):
   if source.note:
     print(source.note)
   return source.label, lambda: source.load(refine=refine)
+
+
+def _at_qualities(codecs, qualities):
+  """One (label@qQ, factory) per quality for each variable-rate model of
+  ``codecs`` (qualities None: ``EVAL_QUALITIES``); fixed-rate models as they are,
+  or ValueError when qualities were asked of one."""
+  from m2t_jax import model as model_lib
+  if qualities is not None:
+    for q in qualities:
+      model_lib.check_quality(q)
+  out = []
+  for label, factory in codecs:
+    codec = factory()
+    if not codec.variable_rate:
+      if qualities is not None:
+        raise ValueError(f"--qualities: {label} is a fixed-rate model (one RD point); "
+                         "qualities need a variable-rate model.")
+      out.append((label, lambda codec=codec: codec))
+      continue
+    for q in (EVAL_QUALITIES if qualities is None else qualities):
+      def at(q=q, factory=factory):
+        c = factory()
+        c.quality = q
+        return c
+      out.append((f"{label}@q{q:g}", at))
+  return out
 
 
 def _eval(args):
@@ -196,6 +248,7 @@ def _eval(args):
     models.resolve(None)  # raises FileNotFoundError: no model ships
     names = models.names(models.kinds()[0])
     codecs = [(name, lambda name=name: Codec.load(name, refine=refine)) for name in names]
+  codecs = _at_qualities(codecs, args.qualities)
   if args.images:
     items, dataset = rd.folder_images(args.images, args.split), f"folder:{args.images}"
   else:
@@ -268,6 +321,16 @@ def _parser():
                           "step, a name ('full', 'fast', 'smallest') or indices "
                           "'2,2,1,0' / 'exit:width' pairs '2:0,2:1,1:2,0:2' "
                           "(default: the model's)")
+      rate = p.add_mutually_exclusive_group()
+      rate.add_argument("--quality", type=float, default=None, metavar="Q",
+                        help="variable-rate models: 0 (smallest) to 100 (best), "
+                             "default 50")
+      rate.add_argument("--target-bpp", type=float, default=None, metavar="B",
+                        help="variable-rate models: the quality whose stream is "
+                             "nearest B bits per pixel (within 3%%, or said)")
+      rate.add_argument("--target-size", type=float, default=None, metavar="BYTES",
+                        help="variable-rate models: the quality whose stream is "
+                             "nearest BYTES bytes (within 3%%, or said)")
       _refine_arguments(p)
     from m2t_jax.coding.bitstream import DEFAULT_MAX_PIXELS
     p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
@@ -311,6 +374,10 @@ def _parser():
                       "m2t_jax/evaluation/splits.py; val decides choices, test is only "
                       "measured); recorded in the results (default: all)")
   p.add_argument("--max-images", type=int, default=0, help="only the first N images")
+  p.add_argument("--qualities", type=float, nargs="+", default=None, metavar="Q",
+                 help="variable-rate models: one RD point per quality, 0..100 "
+                      "(default for them: " + " ".join(f"{q:g}" for q in EVAL_QUALITIES)
+                      + ")")
   p.add_argument("--no-warmup", action="store_true",
                  help="time the first image of each size with its compilation")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")

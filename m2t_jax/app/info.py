@@ -35,12 +35,14 @@ def describe(header: bitstream.Header, payload_bytes: int | None = None,
       f"alpha {header.alpha:g}",
       *([_size_schedule(header.size_schedule)] if header.size_schedule else []),
       f"  step widths: {header.step_widths} (how the encoder ran the decode steps)",
+      *([f"  quality:     {100.0 * header.rate_code / bitstream.RATE_CODE_MAX:.2f} "
+         f"(rate code {header.rate_code}; a variable-rate model)"]
+        if header.rate_code is not None else []),
       f"  written on:  {header.writer}",
       f"  latent CRC:  {header.latent_crc:08x}",
   ]
   if payload_bytes is not None:
-    overhead = {3: bitstream.V3_HEADER_BYTES,
-                4: bitstream.V4_HEADER_BYTES}.get(version, bitstream.HEADER_BYTES)
+    overhead = bitstream.OVERHEAD_BYTES.get(version, bitstream.HEADER_BYTES)
     total = overhead + len(header.size_schedule) + payload_bytes
     bpp = 8 * total / (header.height * header.width)
     lines.append(f"  bytes:       {total} ({payload_bytes} payload + "

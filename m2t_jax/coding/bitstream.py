@@ -1,4 +1,4 @@
-"""Container format for one compressed image or latent (format version 5).
+"""Container format for one compressed image or latent (format version 6).
 
 Every multi-byte field is little-endian. Offsets are in bytes; L is the payload
 length.
@@ -6,7 +6,7 @@ length.
 | offset | size | type    | field                                               |
 |-------:|-----:|---------|-----------------------------------------------------|
 |      0 |    4 | bytes   | magic ``b"M2TJ"``                                   |
-|      4 |    1 | u8      | format version (5)                                  |
+|      4 |    1 | u8      | format version (6)                                  |
 |      5 |    1 | u8      | model kind: its registry code (0 = mt, 1 = m2t)     |
 |      6 |    1 | u8      | schedule order: 0 = qlds, 1 = random, 2 = raster,   |
 |        |      |         | 3 = entropy                                         |
@@ -21,22 +21,29 @@ length.
 |     41 |    3 | 3 x u8  | JAX version that wrote it (major, minor, micro)     |
 |     44 |    4 | u32     | payload length L                                    |
 |     48 |    1 | u8      | step widths: 0 = exact, 1 = shared (padded widths)  |
-|     49 |    1 | u8      | size schedule length n: 0, or the number of steps   |
-|     50 |    n | n x u8  | size schedule: the model exit of each decode step   |
+|     49 |    2 | u16     | rate code: 65535 = a fixed-rate model; 0..65534 =   |
+|        |      |         | the rate level code / 65534 of a variable-rate one  |
+|     51 |    1 | u8      | size schedule length n: 0, or the number of steps   |
+|     52 |    n | n x u8  | size schedule: the model exit of each decode step   |
 |        |      |         | (nested models, ``entropy/nested.py``)              |
-|   50+n |    L | bytes   | payload (range coder words)                         |
-| 50+n+L |    4 | u32     | CRC32 (zlib) of bytes [0, 50+n+L)                   |
+|   52+n |    L | bytes   | payload (range coder words)                         |
+| 52+n+L |    4 | u32     | CRC32 (zlib) of bytes [0, 52+n+L)                   |
 
-The fixed overhead is ``HEADER_BYTES`` = 54 bytes (the 50-byte header plus the
-CRC) and one byte per step of a size schedule. **Step widths** say how the
+The fixed overhead is ``HEADER_BYTES`` = 56 bytes (the 52-byte header plus the
+CRC) and one byte per step of a size schedule. The **rate code** is the rate
+level (quality / 100) a variable-rate model coded at (``m2t_jax/model.py``),
+quantised to 1/65534; encoder and decoder both use the quantised level, so the
+decoder needs nothing else. **Step widths** say how the
 encoder ran the decode steps of a kind that can pad them (M2T and nested M2T,
 ``entropy/m2t.py``): each step at its exact group size, or padded to two shared
 widths. Both give the same distributions up to float rounding, but range
 decoding needs the encoder's tables bit for bit, so the decoder runs the steps
-the way the stream says. Other kinds ignore the byte. Version 4 streams (the
-same without byte 48, 53 bytes of overhead) and version 3 streams (also without
-the size schedule, 52 bytes) are still read, as streams with shared step widths
-(the only kind there was) and, for version 3, an empty size schedule. The image
+the way the stream says. Other kinds ignore the byte. Version 5 streams (the
+same without the rate code, 54 bytes of overhead: fixed-rate models), version 4
+streams (also without byte 48, 53 bytes)
+and version 3 streams (also without the size schedule, 52 bytes) are still read;
+versions 3 and 4 as streams with shared step widths (the only kind there was)
+and version 3 with an empty size schedule. The image
 size is the original, uncropped one, so the decoder can pad and
 crop exactly as the encoder did. The fingerprint lets the decoder refuse a stream
 written by a different model instead of decoding garbage.
@@ -85,8 +92,8 @@ from m2t_jax.coding.stream_errors import (  # noqa: F401  (re-exported: bitstrea
 from m2t_jax.entropy import registry
 
 MAGIC = b"M2TJ"
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
 ORDERS = ("qlds", "random", "raster", "entropy")  # Index = stored byte.
 BACKENDS = ("other", "cpu", "gpu", "tpu")  # Index = stored byte.
 STEP_WIDTHS = ("exact", "shared")  # Index = stored byte.
@@ -100,12 +107,23 @@ DEFAULT_MAX_PIXELS = 89_478_485
 
 _HEADER = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..47, versions 3 to 5
 _CRC = struct.Struct("<I")
-# 54: bytes of a version 5 stream besides the payload (and its size schedule).
-HEADER_BYTES = _HEADER.size + 2 + _CRC.size
+_RATE = struct.Struct("<H")
+# The rate code of a stream of a fixed-rate model; codes 0..RATE_CODE_MAX are
+# rate levels code / RATE_CODE_MAX.
+NO_RATE_CODE = 65535
+RATE_CODE_MAX = 65534
+# Bytes between the fixed header (48) and the size schedule's length byte, per
+# version: v5 the step-widths byte, v6 it and the rate code.
+_EXTRA_BYTES = {3: 0, 4: 0, 5: 1, 6: 3}
+# 56: bytes of a version 6 stream besides the payload (and its size schedule).
+HEADER_BYTES = _HEADER.size + 4 + _CRC.size
+V5_HEADER_BYTES = _HEADER.size + 2 + _CRC.size  # 54
 V4_HEADER_BYTES = _HEADER.size + 1 + _CRC.size  # 53
 V3_HEADER_BYTES = _HEADER.size + _CRC.size  # 52
+OVERHEAD_BYTES = {3: V3_HEADER_BYTES, 4: V4_HEADER_BYTES, 5: V5_HEADER_BYTES,
+                  6: HEADER_BYTES}
 _MAX_PAYLOAD = 2**32 - 1
-PREFIX_BYTES = _HEADER.size + 2  # what ``declared_length`` reads: up to byte 49
+PREFIX_BYTES = _HEADER.size + 4  # what ``declared_length`` reads: up to byte 51
 
 
 def latent_crc(y_hat) -> int:
@@ -159,6 +177,8 @@ class Header:
       model with one size; the decoding model checks that it can run it.
     step_widths: how the encoder ran the decode steps, one of ``STEP_WIDTHS``
       (versions 3 and 4: always "shared").
+    rate_code: the rate level code (0..``RATE_CODE_MAX``) of a variable-rate
+      model, or None for a fixed-rate one (versions 3 to 5: always None).
   """
   model_kind: str
   order: str
@@ -172,6 +192,7 @@ class Header:
   jax: tuple = dataclasses.field(default_factory=_default_jax)
   size_schedule: tuple = ()
   step_widths: str = "exact"
+  rate_code: int | None = None
 
   @property
   def writer(self) -> str:
@@ -225,6 +246,10 @@ def _header_problem(header: Header) -> str | None:
     return f"jax must be 3 integers in [0, 255], got {header.jax!r}"
   if header.step_widths not in STEP_WIDTHS:
     return f"step_widths must be one of {STEP_WIDTHS}, got {header.step_widths!r}"
+  if header.rate_code is not None and (
+      not _is_int(header.rate_code) or not 0 <= header.rate_code <= RATE_CODE_MAX):
+    return (f"rate_code must be None or an integer in [0, {RATE_CODE_MAX}], got "
+            f"{header.rate_code!r}")
   schedule = header.size_schedule
   if (not isinstance(schedule, tuple) or len(schedule) not in (0, header.num_steps)
       or not all(_is_int(x) and 0 <= x <= 255 for x in schedule)):
@@ -262,24 +287,26 @@ def pack(header: Header, payload: bytes) -> bytes:
       ORDERS.index(header.order), header.num_steps, float(header.alpha),
       header.height, header.width, header.fingerprint, header.latent_crc,
       BACKENDS.index(header.backend), *header.jax, len(payload))
-  body += bytes([STEP_WIDTHS.index(header.step_widths), len(header.size_schedule),
-                 *header.size_schedule]) + payload
+  rate_code = NO_RATE_CODE if header.rate_code is None else header.rate_code
+  body += (bytes([STEP_WIDTHS.index(header.step_widths)]) + _RATE.pack(rate_code)
+           + bytes([len(header.size_schedule), *header.size_schedule]) + payload)
   return body + _CRC.pack(zlib.crc32(body))
 
 
 def declared_length(prefix: bytes) -> int | None:
-  """Bytes in all that a version 3, 4 or 5 stream starting with ``prefix`` declares
+  """Bytes in all that a version 3 to 6 stream starting with ``prefix`` declares
   (from its payload length and size schedule length; untrusted until ``unpack``
   checks them), or None if ``prefix`` (at least ``PREFIX_BYTES`` long) starts no
   such stream. File readers read no further than this (and one byte more, to see
   trailing bytes): a file that is no stream then costs ``PREFIX_BYTES``."""
   if len(prefix) < PREFIX_BYTES or prefix[:4] != MAGIC or prefix[4] not in READABLE_VERSIONS:
     return None
+  version = prefix[4]
   length = V3_HEADER_BYTES + _HEADER.unpack_from(prefix)[-1]
-  if prefix[4] == 3:
+  if version == 3:
     return length
-  extra = prefix[4] - 3  # the step-widths byte (v5), the schedule length byte
-  return length + extra + prefix[_HEADER.size + extra - 1]
+  at = _HEADER.size + _EXTRA_BYTES[version]  # the schedule length byte
+  return length + _EXTRA_BYTES[version] + 1 + prefix[at]
 
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
@@ -344,7 +371,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(
         f"unsupported format version {version} (this m2t_jax reads "
         f"{READABLE_VERSIONS}); the stream is corrupted")
-  overhead = {3: V3_HEADER_BYTES, 4: V4_HEADER_BYTES, 5: HEADER_BYTES}[version]
+  overhead = OVERHEAD_BYTES[version]
   if len(data) < overhead:
     raise BitstreamError(
         f"truncated stream: {len(data)} bytes, but every m2t_jax stream has at "
@@ -359,11 +386,14 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     raise BitstreamError(f"invalid header: unknown schedule order byte {order}")
   if backend >= len(BACKENDS):
     raise BitstreamError(f"invalid header: unknown backend byte {backend}")
-  schedule, widths, at = (), "shared", _HEADER.size
-  if version == 5:  # the step-widths byte
+  schedule, widths, rate_code, at = (), "shared", None, _HEADER.size
+  if version >= 5:  # the step-widths byte
     if data[at] >= len(STEP_WIDTHS):
       raise BitstreamError(f"invalid header: unknown step widths byte {data[at]}")
     widths, at = STEP_WIDTHS[data[at]], at + 1
+  if version >= 6:  # the rate code
+    (code,) = _RATE.unpack_from(data, at)
+    rate_code, at = (None if code == NO_RATE_CODE else code), at + _RATE.size
   if version >= 4:  # n, then n exits
     n = data[at]
     if n not in (0, num_steps):
@@ -376,7 +406,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
                   num_steps=num_steps, alpha=alpha, height=height, width=width,
                   fingerprint=fingerprint, latent_crc=crc_latent,
                   backend=BACKENDS[backend], jax=(jax_major, jax_minor, jax_micro),
-                  size_schedule=schedule, step_widths=widths)
+                  size_schedule=schedule, step_widths=widths, rate_code=rate_code)
   problem = _header_problem(header)
   if problem:
     raise BitstreamError(f"invalid header: {problem}")

@@ -92,6 +92,15 @@ def check_latent(y_hat, channels: int, batched: bool = False) -> np.ndarray:
   return y.astype(np.int64)
 
 
+def rate_level_of_code(rate_code: int | None, count: int | None = None):
+  """The rate level (float32 in [0, 1]) of a stream's rate code, repeated
+  ``count`` times ((count,) float32 array) when given; None for None."""
+  if rate_code is None:
+    return None
+  level = np.float32(rate_code) / np.float32(bitstream.RATE_CODE_MAX)
+  return level if count is None else np.full((count,), level, np.float32)
+
+
 def _min_bits(pmf: np.ndarray) -> float:
   """A lower bound on the bits any symbols cost under these (N, n) tables: per
   row -log2 of the largest probability, raised by the most the coder's 24-bit
@@ -149,12 +158,33 @@ class EntropyCoder:
     return f"{self.config.model}:{self.config.size} ({self.fingerprint.hex()[:12]})"
 
   # --- latents <-> bytes --------------------------------------------------------
-  def compress(self, y_hat, size_schedule=None) -> bytes:
+  @property
+  def variable_rate(self) -> bool:
+    """Whether the entropy model is conditioned on a rate level (then every
+    stream carries its rate code: ``bitstream.Header.rate_code``)."""
+    return bool(getattr(self.model, "rate_anchors", 0))
+
+  def check_rate_code(self, rate_code) -> None:
+    """ValueError unless a variable-rate model gets a rate code 0..RATE_CODE_MAX
+    and a fixed-rate model None."""
+    if self.variable_rate:
+      if isinstance(rate_code, bool) or not isinstance(rate_code, numbers.Integral) or not (
+          0 <= rate_code <= bitstream.RATE_CODE_MAX):
+        raise ValueError(f"This variable-rate model codes at a rate code in 0.."
+                         f"{bitstream.RATE_CODE_MAX}, got {rate_code!r}.")
+    elif rate_code is not None:
+      raise ValueError(f"This model ({self.config.model}:{self.config.size}) has one "
+                       "rate: it takes no rate level or quality.")
+
+  def compress(self, y_hat, size_schedule=None, rate_code: int | None = None) -> bytes:
     """Integer latent (h, w, C) -> bytes (header + range-coded values + CRC).
     LatentError (before anything is written) for a latent the coder cannot take.
     size_schedule: a nested model's exits per step (``resolve_size_schedule``:
     None = the model's default, a name, or indices); ValueError for one the model
-    cannot run. The stream records it; the decoder runs it."""
+    cannot run. The stream records it; the decoder runs it. rate_code: a
+    variable-rate model's rate level code (0..``bitstream.RATE_CODE_MAX``,
+    level = code / RATE_CODE_MAX), recorded in the stream; None for the others."""
+    self.check_rate_code(rate_code)
     y = check_latent(y_hat, self.latent_channels)
     if y.shape[0] * y.shape[1] > self.max_cells:  # what a decoder would refuse
       raise ValueError(f"The latent is {y.shape[0]} x {y.shape[1]} ({y.shape[0] * y.shape[1]} "
@@ -162,9 +192,10 @@ class EntropyCoder:
                        "would be refused by a decoder with the same limit. Raise "
                        "coder.max_cells to code it anyway.")
     schedule = self.model.resolve_size_schedule(size_schedule)
-    payload = self.encode_tokens(y[None], schedule)
+    payload = self.encode_tokens(y[None], schedule, rate_code)
     return bitstream.pack(self.header(y.shape[0], y.shape[1], bitstream.latent_crc(y),
-                                      size_schedule=schedule), payload)
+                                      size_schedule=schedule, rate_code=rate_code),
+                          payload)
 
   def decompress(self, data: bytes) -> np.ndarray:
     """bytes -> int64 (h, w, C). Raises BitstreamError for any bad stream
@@ -177,17 +208,18 @@ class EntropyCoder:
 
   def header(self, height: int, width: int, crc: int,
              fingerprint_bytes: bytes | None = None,
-             size_schedule: tuple = ()) -> bitstream.Header:
+             size_schedule: tuple = (), rate_code: int | None = None) -> bitstream.Header:
     """The header of a stream of this model: schedule fields from the config,
     ``crc`` = ``bitstream.latent_crc`` of the coded latent, this process's
-    backend and JAX version, the resolved ``size_schedule``, and how this
-    process runs the decode steps (``step_widths``)."""
+    backend and JAX version, the resolved ``size_schedule``, how this process
+    runs the decode steps (``step_widths``) and the rate code (variable rate)."""
     s = self.config.schedule
     return bitstream.Header(self.config.model, s.order, len(self.model.coding_plan()),
                             float(s.alpha), height, width,
                             fingerprint_bytes or self.fingerprint, crc,
                             size_schedule=tuple(size_schedule),
-                            step_widths=self.model.resolved_step_widths())
+                            step_widths=self.model.resolved_step_widths(),
+                            rate_code=rate_code)
 
   def scheduled(self, size_schedule=None):
     """The entropy model running ``size_schedule`` (None = its default)."""
@@ -223,6 +255,13 @@ class EntropyCoder:
           f"{header.fingerprint.hex()[:12]}); this one is {self.config.model}:"
           f"{self.config.size} ({expected.fingerprint.hex()[:12]}). Decode it with "
           f"the model that wrote it.{hint}")
+    if self.variable_rate != (header.rate_code is not None):
+      raise BitstreamError(
+          ("The stream has no rate level, but this model is a variable-rate one: it "
+           "was written by another model or its header was altered."
+           if self.variable_rate else
+           "The stream carries a rate level (a variable-rate model wrote it), but "
+           "this model has one rate.") + hint)
     try:
       self.model.with_size_schedule(header.size_schedule)
     except ValueError as e:
@@ -236,9 +275,9 @@ class EntropyCoder:
     tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.int32), self.config.patch_size)
     return np.asarray(tokens).astype(np.int64), np.asarray(valid)
 
-  def _loop(self, valid, model=None) -> CodingLoop:
+  def _loop(self, valid, model=None, rate_code: int | None = None) -> CodingLoop:
     return CodingLoop(self.model if model is None else model, self.params,
-                      self.config, valid)
+                      self.config, valid, rate_level_of_code(rate_code))
 
   def _tables(self, step):
     """(narrow mask, wide mask, narrow tables, wide tables or None) of a step's
@@ -250,12 +289,15 @@ class EntropyCoder:
     narrow = step.todo & ~wide
     return narrow, wide, step.pmf[narrow], wide_pmf
 
-  def encode_tokens(self, y_hat: np.ndarray, size_schedule=None) -> bytes:
-    """Range-coded payload of an int latent (1, h, w, C) (with ``size_schedule``,
-    see ``compress``); LatentError first if the coder cannot take it."""
+  def encode_tokens(self, y_hat: np.ndarray, size_schedule=None,
+                    rate_code: int | None = None) -> bytes:
+    """Range-coded payload of an int latent (1, h, w, C) (with ``size_schedule``
+    and ``rate_code``, see ``compress``); LatentError first if the coder cannot
+    take it."""
+    self.check_rate_code(rate_code)
     tokens, valid = self._tokens(check_latent(y_hat, self.latent_channels, batched=True))
     encoder = range_coder.new_encoder()
-    for step in self._loop(valid, self.scheduled(size_schedule)):
+    for step in self._loop(valid, self.scheduled(size_schedule), rate_code):
       group = step.take(tokens)
       narrow, wide, narrow_pmf, wide_pmf = self._tables(step)
       range_coder.encode_group(encoder, group[narrow], step.centers[narrow], narrow_pmf)
@@ -267,7 +309,7 @@ class EntropyCoder:
   def decode_tokens(self, payload: bytes, h: int, w: int, num_steps: int | None = None,
                     timings: dict | None = None,
                     header: bitstream.Header | None = None,
-                    size_schedule=None) -> np.ndarray:
+                    size_schedule=None, rate_code: int | None = None) -> np.ndarray:
     """The latent (1, h, w, C) of a payload: int64, or float64 when ``num_steps``
     = k < S (progressive decoding: groups from step k on hold their predicted
     mixture means; the model's steps run on, fed with those means).
@@ -278,14 +320,17 @@ class EntropyCoder:
       container): a full decode is then checked against its latent CRC, and
       every failure raises ``DecodeMismatchError`` naming writer and reader.
       Without it, failures raise ``BitstreamError``.
-    size_schedule: the header's, when given; else this (see ``compress``).
+    size_schedule, rate_code: the header's, when given; else these (see
+    ``compress``).
     """
     _, valid = patches.to_patches(jnp.zeros((1, h, w, 1), jnp.int32), self.config.patch_size)
     valid = np.asarray(valid)
     model = (self.model.with_size_schedule(header.size_schedule)
              .with_step_widths(header.step_widths) if header is not None
              else self.scheduled(size_schedule))
-    loop = self._loop(valid, model)
+    rate_code = header.rate_code if header is not None else rate_code
+    self.check_rate_code(rate_code)
+    loop = self._loop(valid, model, rate_code)
     total = len(loop)
     if num_steps is not None and (not isinstance(num_steps, numbers.Integral)
                                   or isinstance(num_steps, bool)
@@ -352,30 +397,36 @@ class EntropyCoder:
         f"stream was written on {header.writer} and is being read on {reader}. "
         f"{advice}")
 
-  def estimate_bits(self, y_hat: np.ndarray, size_schedule=None) -> float:
+  def estimate_bits(self, y_hat: np.ndarray, size_schedule=None,
+                    rate_code: int | None = None) -> float:
     """The model's rate of an int latent (1, h, w, C) in bits, from the continuous
     bin masses (the training formula), not the quantised tables: one pass for a
     ``one_pass_rate`` model, else the decode loop's distributions."""
+    self.check_rate_code(rate_code)
     y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     if self.model.one_pass_rate:
-      return self.one_pass_bits(y_hat, size_schedule)
+      return self.one_pass_bits(y_hat, size_schedule, rate_code)
     tokens, valid = self._tokens(y_hat)
     bits = 0.0
-    for step in self._loop(valid, self.scheduled(size_schedule)):
+    for step in self._loop(valid, self.scheduled(size_schedule), rate_code):
       group = step.take(tokens)
       elem = np.asarray(element_bits(step.mixture, group, self.config.gmm.prob_floor))
       bits += float(elem[step.todo].sum())
       step.feed(group)
     return bits
 
-  def one_pass_bits(self, y_hat: np.ndarray, size_schedule=None) -> float:
+  def one_pass_bits(self, y_hat: np.ndarray, size_schedule=None,
+                    rate_code: int | None = None) -> float:
     """Bits of ``rate(tokens, tokens)`` over the valid cells (eval mode)."""
+    self.check_rate_code(rate_code)
     y_hat = check_latent(y_hat, self.latent_channels, batched=True)
     tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), self.config.patch_size)
     model = self.scheduled(size_schedule)
     self._rate_fns = getattr(self, "_rate_fns", {})
     if model not in self._rate_fns:
       self._rate_fns[model] = determinism.jit(
-          lambda p, t: model.apply({"params": p}, t, t, method="rate").bits)
-    elem = self._rate_fns[model](self.params, tokens)
+          lambda p, t, level: model.apply({"params": p}, t, t, rate_level=level,
+                                          method="rate").bits)
+    elem = self._rate_fns[model](self.params, tokens,
+                                 rate_level_of_code(rate_code, tokens.shape[0]))
     return float(jnp.sum(elem * valid[..., None]))

@@ -72,12 +72,15 @@ class CodingLoop:
   """Iterates an entropy model's decode steps over N patches.
 
   model: a ``base.EntropyModel``; params: its parameters; config: the full config
-  (gmm fields); valid: bool (N, L), the real cells (padding is never coded).
+  (gmm fields); valid: bool (N, L), the real cells (padding is never coded);
+  rate_level: a variable-rate model's level (a float in [0, 1], the same for
+  every patch), else None.
   ``steps_s`` accumulates the seconds of the jitted steps (model + tables,
   including the transfer of the tables to the host).
   """
 
-  def __init__(self, model: base.EntropyModel, params, config, valid: np.ndarray):
+  def __init__(self, model: base.EntropyModel, params, config, valid: np.ndarray,
+               rate_level=None):
     self.model = model
     self.plan = model.coding_plan()
     self._params = params
@@ -85,7 +88,8 @@ class CodingLoop:
     n, length = self._valid.shape
     self._coded = np.broadcast_to(~self._valid[..., None],
                                   (n, length, model.latent_channels)).copy()
-    self._state = model.init_decode_state(self._valid)
+    self._state = model.init_decode_state(
+        self._valid, None if rate_level is None else np.full((n,), rate_level, np.float32))
     self._step_fn = step_fn(model, config)
     self._pending = None
 

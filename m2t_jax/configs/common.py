@@ -17,16 +17,23 @@ reasons. Sizes:
 import ml_collections
 
 SIZES = ("paper", "small", "tiny")
+OPTIONS = ("variable_rate",)
 
 
 def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   """The fields every kind shares, for kind name ``model`` at ``size``.
 
   A kind's config file (``configs/{kind}.py``) starts from this and adds or
-  changes its own fields.
+  changes its own fields. ``size`` may carry options after commas:
+  'small,variable_rate' is the small config as one variable-rate model
+  (``variable_rate`` below).
   """
+  size, *options = size.split(",")
   if size not in SIZES:
     raise ValueError(f"Unknown config size {size!r}: expected one of {SIZES}.")
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    raise ValueError(f"Unknown config option(s) {unknown}: expected some of {OPTIONS}.")
 
   c = ml_collections.ConfigDict()
   c.model = model
@@ -165,4 +172,16 @@ def get_base_config(model: str, size: str) -> ml_collections.ConfigDict:
   # entropy-model benchmark trains every kind this way, so that a kind that shares
   # parameter names with init_from's model gets no head start.
   c.init_entropy_model = True
+
+  if "variable_rate" in options:
+    # One model for every lambda in [lmbda_min, lmbda_max] (m2t_jax/model.py):
+    # quality Q in 0..100 is lambda = lmbda_min * (lmbda_max / lmbda_min)^(Q/100).
+    # 0.001 to 0.064 (six doublings; one anchor per doubling) spans about 0.1 to
+    # 1 bpp for the small model on photos [our choice]. config.lmbda is the
+    # default quality's (50) lambda: the gains start there.
+    c.variable_rate = ml_collections.ConfigDict()
+    c.variable_rate.lmbda_min = 0.001
+    c.variable_rate.lmbda_max = 0.064
+    c.variable_rate.anchors = 7
+    c.lmbda = 0.008
   return c

@@ -31,6 +31,7 @@ from m2t_jax.entropy import grouping
 
 def get_config(size: str = "paper"):
   c = common.get_base_config("grouped", size)
+  size = c.size  # without the options ('small,variable_rate' -> 'small')
   if size == "small":
     c.transformer.d_model = 128
     c.transformer.mlp_dim = 512

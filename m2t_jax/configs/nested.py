@@ -13,6 +13,7 @@ from m2t_jax.configs import common
 
 def get_config(size: str = "paper"):
   c = common.get_base_config("nested", size)
+  size = c.size  # without the options ('small,variable_rate' -> 'small')
   if size == "tiny":
     c.transformer.num_layers = 3
   c.nested = ml_collections.ConfigDict()

@@ -8,17 +8,21 @@ element; the range coder pays -log2 of the mixture's mass of the element's bin.
 
 What a kind provides (and what everything above ``entropy/`` uses, nothing else):
 
-1. **Training**: ``rate(tokens, targets, rng=None, train=False)`` -> ``Rate``:
-   bits of every element of ``targets`` (N, L, C) in one pass, and which tokens
-   the rate counts. ``rng`` is the kind's own randomness (for example MT's random
-   masks) and is only given in training; dropout uses Flax's 'dropout' rng.
+1. **Training**: ``rate(tokens, targets, rng=None, train=False, rate_level=None)``
+   -> ``Rate``: bits of every element of ``targets`` (N, L, C) in one pass, and
+   which tokens the rate counts. ``rng`` is the kind's own randomness (for example
+   MT's random masks) and is only given in training; dropout uses Flax's
+   'dropout' rng. ``rate_level`` (N,) float32 in [0, 1]: the rate level of each
+   patch's image, given to a variable-rate model (``rate_anchors`` > 0; see
+   "Variable rate" below) and to no other.
 2. **The coding plan**: ``coding_plan()`` -> one ``PlannedStep`` per decode step:
    how many cells it predicts, which channels, and which cells (or None when the
    cells are chosen at decode time from state both sides hold, as MT's
    entropy-adaptive order does). Every element of a patch is predicted by exactly
    one step.
 3. **Decoding**, as an explicit state (maskgit's loop state, GIVT's cache):
-   ``init_decode_state(valid)`` -> a pytree of arrays, without parameters;
+   ``init_decode_state(valid, rate_level=None)`` -> a pytree of arrays, without
+   parameters (it carries the rate level, so the steps need no other argument);
    ``decode_step(state, step, shape)`` (through ``apply`` with the parameters;
    ``step`` a traced int32, ``shape = step_shape(step)`` static) ->
    (cells int32 (N, g'), Mixture (N, g', c, K), new state), where g' >= g of the
@@ -50,6 +54,13 @@ one full pass over all tokens (MT), so a decode costs S passes, not about one.
    Both raise ValueError for a schedule the model cannot run. Kinds with one
    size keep the defaults: only the empty schedule ().
 
+5. **Variable rate**: a model with ``rate_anchors`` = A > 0 is conditioned on a
+   rate level in [0, 1] (``model.py`` maps it to the RD trade-off lambda): every
+   token's embedding gets ``embedding.RateEmbedding(level)`` added, in training
+   and in every decode step alike (``add_rate_level``); A = 0 (fixed rate) has no
+   such parameters and takes no level. One embedding per token: decoding costs
+   the same.
+
 A kind also has ``from_config(config)`` (the module of a config) and
 ``validate_config(config)`` (ValueError for its impossible settings); the registry
 (``entropy/registry.py``) maps ``config.model`` to the class.
@@ -64,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2t_jax.entropy import gmm
+from m2t_jax.entropy import embedding, gmm
 
 
 class Rate(NamedTuple):
@@ -111,9 +122,11 @@ class CacheState:
     (``nn/transformer.py``; N' is N patches, or N x blocks for GroupedMixer).
   prev: (N, P, c) float32: the last decoded group's values in the order of its
     cells (P = the widest group for M2T, padded with zeros).
+  rate_level: (N,) float32, the rate level of a variable-rate model, else None.
   """
   cache: list
   prev: jax.Array
+  rate_level: jax.Array | None = None
 
 
 class EntropyModel(nn.Module):
@@ -143,7 +156,7 @@ class EntropyModel(nn.Module):
 
   # --- training ---------------------------------------------------------------
   def rate(self, tokens: jax.Array, targets: jax.Array, rng: jax.Array | None = None,
-           train: bool = False) -> Rate:
+           train: bool = False, rate_level: jax.Array | None = None) -> Rate:
     """Bits of ``targets`` (N, L, C) given ``tokens`` (N, L, C), in one pass."""
     raise NotImplementedError
 
@@ -152,9 +165,10 @@ class EntropyModel(nn.Module):
     """The decode steps, in order (see the module docstring)."""
     raise NotImplementedError
 
-  def init_decode_state(self, valid: np.ndarray) -> State:
+  def init_decode_state(self, valid: np.ndarray, rate_level=None) -> State:
     """Initial decode state of N patches; valid (N, L) bool marks real cells
-    (padding cells are never coded; they hold 0)."""
+    (padding cells are never coded; they hold 0); rate_level (N,) float32 for a
+    variable-rate model, else None."""
     raise NotImplementedError
 
   def step_shape(self, step: int):
@@ -211,6 +225,32 @@ class PatchTransformerModel(EntropyModel):
   num_layers: int
   num_heads: int
   mlp_dim: int
+  rate_anchors: int = 0  # A: a variable-rate model's RateEmbedding anchors; 0 = fixed rate
+
+  def rate_embedding_module(self):
+    """The RateEmbedding of a variable-rate model (for ``setup``), else None."""
+    if not self.rate_anchors:
+      return None
+    return embedding.RateEmbedding(self.rate_anchors, self.d_model)
+
+
+def check_rate_level(model, rate_level) -> None:
+  """ValueError unless a variable-rate model gets a rate level and a fixed-rate
+  one gets none."""
+  if model.rate_anchors and rate_level is None:
+    raise ValueError("This is a variable-rate entropy model: it needs a rate level "
+                     "(N,) in [0, 1].")
+  if not model.rate_anchors and rate_level is not None:
+    raise ValueError("This entropy model has one rate: it takes no rate level.")
+
+
+def add_rate_level(x: jax.Array, rate_embedding, rate_level) -> jax.Array:
+  """x (N, ..., d) plus the rate level's embedding (N, 1, d) broadcast over the
+  tokens; x unchanged for a fixed-rate model (``rate_embedding`` None)."""
+  if rate_embedding is None:
+    return x
+  e = rate_embedding(jnp.asarray(rate_level, jnp.float32))  # (N, 1, d)
+  return x + e.reshape(e.shape[:1] + (1,) * (x.ndim - 2) + e.shape[-1:]).astype(x.dtype)
 
 
 class MaskedTransformerModel(PatchTransformerModel):
@@ -234,7 +274,7 @@ def shifted_cache_step(model, state: CacheState, step: int, cells):
   feeds group i-1's values (``state.prev``) into a static k/v cache and reads
   group i's mixtures. cells: the group's cells (g,), the same in every patch.
   Returns (cells int32 (N, g), mixture, state)."""
-  mixture, cache = model.step(state.prev, state.cache, step)
+  mixture, cache = model.step(state.prev, state.cache, step, rate_level=state.rate_level)
   cells = jnp.asarray(cells, jnp.int32)
   cells = jnp.broadcast_to(cells, (state.prev.shape[0], cells.shape[0]))
   return cells, mixture, state.replace(cache=cache)
@@ -259,7 +299,15 @@ def transformer_fields(config) -> dict:
       num_steps=config.schedule.num_steps, alpha=config.schedule.alpha,
       order=config.schedule.order, order_seed=config.schedule.seed,
       prob_floor=config.gmm.prob_floor,
-      compute_dtype=config.get("compute_dtype", "float32"))
+      compute_dtype=config.get("compute_dtype", "float32"),
+      rate_anchors=rate_anchors(config))
+
+
+def rate_anchors(config) -> int:
+  """A, the rate-level anchors of a config (``config.variable_rate.anchors``;
+  0 for a fixed-rate config, which has no ``variable_rate``)."""
+  variable = config.get("variable_rate")
+  return int(variable.anchors) if variable is not None else 0
 
 
 def check_plan(plan, num_tokens: int, num_channels: int) -> None:

@@ -174,7 +174,7 @@ class GroupedMixer(base.PatchTransformerModel):
         num_mixtures=config.gmm.num_mixtures, scale_floor=config.gmm.scale_floor,
         embed_delta=config.embed_delta, embed_layernorm=config.embed_layernorm,
         compute_dtype=config.get("compute_dtype", "float32"),
-        prob_floor=config.gmm.prob_floor)
+        prob_floor=config.gmm.prob_floor, rate_anchors=base.rate_anchors(config))
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -210,6 +210,7 @@ class GroupedMixer(base.PatchTransformerModel):
     self.cell_embedding = LocationEmbedding(self.num_tokens, self.d_model)
     self.group_embedding = LocationEmbedding(groups.num_groups, self.d_model)
     self.embed_norm = nn.LayerNorm() if self.embed_layernorm else None
+    self.rate_embedding = self.rate_embedding_module()
     self.transformer = MixerStack(self.num_layers, self.num_heads, self.mlp_dim,
                                   self.dropout, self.first_mixer, self.compute_dtype)
     self.head = SliceHeads(groups.slices, self.num_mixtures, self.scale_floor)
@@ -219,12 +220,16 @@ class GroupedMixer(base.PatchTransformerModel):
     cells = jnp.asarray(self.grouping.cells(group))
     return self.cell_embedding(cells) + self.group_embedding(jnp.asarray(group))
 
-  def _finish(self, x):
+  def _finish(self, x, rate_level):
+    """Embedded tokens (N, ..., d) plus the rate level's embedding, normalised."""
+    x = base.add_rate_level(x, self.rate_embedding, rate_level)
     return self.embed_norm(x) if self.embed_norm is not None else x
 
-  def __call__(self, tokens: jax.Array, deterministic: bool = True) -> tuple[Mixture, ...]:
+  def __call__(self, tokens: jax.Array, deterministic: bool = True,
+               rate_level=None) -> tuple[Mixture, ...]:
     """Teacher-forced pass: tokens (N, L, C) -> one Mixture per slice, fields
-    (N, L, w_c, K) in location order."""
+    (N, L, w_c, K) in location order; rate_level (N,) of a variable-rate model."""
+    base.check_rate_level(self, rate_level)
     groups = self.grouping
     n, num_groups = tokens.shape[0], groups.num_groups
     x = [jnp.broadcast_to(self.start, (n, groups.num_blocks, self.d_model))]
@@ -234,7 +239,7 @@ class GroupedMixer(base.PatchTransformerModel):
       x.append(self.inputs[c](values / self.embed_delta))
     x = jnp.stack(x, axis=1)  # (N, G, Q, d)
     x = x + jnp.stack([self._position(i) for i in range(num_groups)])
-    x = self.transformer(self._finish(x), self.cross_mask, deterministic=deterministic)
+    x = self.transformer(self._finish(x, rate_level), self.cross_mask, deterministic=deterministic)
     out = []
     for c in range(groups.num_slices):
       feats = x[:, groups.groups_of_slice(c)].reshape(n, self.num_tokens, self.d_model)
@@ -243,13 +248,15 @@ class GroupedMixer(base.PatchTransformerModel):
       out.append(jax.tree.map(lambda t, inv=inverse: jnp.take(t, inv, axis=1), mixture))
     return tuple(out)
 
-  def step(self, prev_values: jax.Array, cache: tfm.Cache, group: int):
+  def step(self, prev_values: jax.Array, cache: tfm.Cache, group: int, rate_level=None):
     """Decode step ``group`` (0-based, static).
 
     prev_values: (N, Q, w) the values of group-1 at ``grouping.cells(group-1)``
       (w = its slice's width; (N, Q, 0) for the first step); padding cells are 0.
+    rate_level: (N,) of a variable-rate model, else None.
     Returns (Mixture (N, Q, w_c, K) of the group's elements, new cache).
     """
+    base.check_rate_level(self, rate_level)
     groups = self.grouping
     if group:
       c_prev = groups.slice_of(group - 1)
@@ -260,16 +267,16 @@ class GroupedMixer(base.PatchTransformerModel):
       x = self.inputs[c_prev](prev_values / self.embed_delta)
     else:
       x = jnp.broadcast_to(self.start, prev_values.shape[:2] + (self.d_model,))
-    x = self._finish(x + self._position(group))
+    x = self._finish(x + self._position(group), rate_level)
     x, cache = self.transformer.step(x, cache, group, self.cross_mask)
     return self.head(x, groups.slice_of(group)), cache
 
   # --- the entropy-model interface ---------------------------------------------
-  def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
+  def rate(self, tokens, targets, rng=None, train=False, rate_level=None) -> base.Rate:
     """Teacher-forced bits (N, L, C) of ``targets``, all tokens paid; no ``rng``."""
     del rng
     groups = self.grouping
-    mixtures = self(tokens, deterministic=not train)
+    mixtures = self(tokens, deterministic=not train, rate_level=rate_level)
     bits = [gmm.bits(m, targets[..., slice(*groups.channels(c))], self.prob_floor)
             for c, m in enumerate(mixtures)]
     return base.Rate(jnp.concatenate(bits, axis=-1), jnp.ones(tokens.shape[:2], bool))
@@ -280,12 +287,14 @@ class GroupedMixer(base.PatchTransformerModel):
                                   groups.channels(groups.slice_of(i)), groups.cells(i))
                  for i in range(groups.num_groups))
 
-  def init_decode_state(self, valid) -> base.CacheState:
+  def init_decode_state(self, valid, rate_level=None) -> base.CacheState:
     """An empty cross-group k/v cache and no values yet (prev (N, Q, 0))."""
+    base.check_rate_level(self, rate_level)
     n = np.asarray(valid).shape[0]
     groups = self.grouping
-    return base.CacheState(cache=self.init_cache(n),
-                           prev=jnp.zeros((n, groups.num_blocks, 0), jnp.float32))
+    return base.CacheState(
+        cache=self.init_cache(n), prev=jnp.zeros((n, groups.num_blocks, 0), jnp.float32),
+        rate_level=None if rate_level is None else jnp.asarray(rate_level, jnp.float32))
 
   def decode_step(self, state, step, shape: int):
     """Feeds group step-1's values, reads group ``step``'s mixtures (``shape`` is

@@ -118,28 +118,35 @@ class M2T(base.MaskedTransformerModel):
     self.input_location = LocationEmbedding(self.num_tokens, self.d_model)
     self.target_location = LocationEmbedding(self.num_tokens, self.d_model)
     self.embed_norm = nn.LayerNorm() if self.embed_layernorm else None
+    self.rate_embedding = self.rate_embedding_module()
 
-  def _embed(self, values, input_index, target_index):
+  def _embed(self, values, input_index, target_index, rate_level=None):
     """Slots -> (B, n, d). values (B, n, C); input_index, target_index (n,) int
-    (numpy, or traced in a padded step); input -1 = the mask token."""
+    (numpy, or traced in a padded step); input -1 = the mask token; rate_level
+    (B,) of a variable-rate model."""
     is_mask = jnp.asarray(input_index) < 0
     x = self.token_embedding(values, is_mask[None])
     x = x + jnp.where(is_mask[:, None], 0.0,
                       self.input_location(jnp.maximum(jnp.asarray(input_index), 0)))
     x = x + self.target_location(jnp.asarray(target_index))
+    x = base.add_rate_level(x, self.rate_embedding, rate_level)
     return self.embed_norm(x) if self.embed_norm is not None else x
 
-  def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Mixture:
-    """Teacher-forced pass: tokens (B, L, C) -> Mixture (B, L, C, K), location order."""
-    x, mask = self._teacher_forced_inputs(tokens)
+  def __call__(self, tokens: jax.Array, deterministic: bool = True,
+               rate_level=None) -> Mixture:
+    """Teacher-forced pass: tokens (B, L, C) -> Mixture (B, L, C, K), location
+    order; rate_level (B,) of a variable-rate model."""
+    x, mask = self._teacher_forced_inputs(tokens, rate_level)
     x, _ = self.transformer(x, mask=mask, deterministic=deterministic)
     return self._to_locations(self.head(x))
 
-  def _teacher_forced_inputs(self, tokens):
+  def _teacher_forced_inputs(self, tokens, rate_level=None):
     """(embedded slots (B, L, d), block-triangular mask (L, L)) of all L slots."""
+    base.check_rate_level(self, rate_level)
     _, maps, mask = self._maps()
     inputs = jnp.take(tokens, jnp.asarray(np.maximum(maps.input_index, 0)), axis=1)
-    return self._embed(inputs, maps.input_index, maps.target_index), jnp.asarray(mask)
+    return (self._embed(inputs, maps.input_index, maps.target_index, rate_level),
+            jnp.asarray(mask))
 
   def _to_locations(self, mixture: Mixture) -> Mixture:
     """Slot order -> location order (fields (B, L, ...))."""
@@ -176,7 +183,8 @@ class M2T(base.MaskedTransformerModel):
     half = -(-g_max // 2)
     return half if int(sizes[step]) <= half else g_max
 
-  def step(self, prev_values: jax.Array, cache: tfm.Cache, step, width: int):
+  def step(self, prev_values: jax.Array, cache: tfm.Cache, step, width: int,
+           rate_level=None):
     """Decode step ``step`` (0-based; a Python int or a traced int32) at ``width``.
 
     prev_values: (B, P, C), P >= width: first the g_{i-1} values of group i-1's
@@ -184,6 +192,7 @@ class M2T(base.MaskedTransformerModel):
       then anything (ignored: those slots read the mask token).
     cache: from ``init_cache``; slots [o_i, o_i+width) are written (the real
       slots [o_i, o_i+g_i), then junk the next step overwrites).
+    rate_level: (B,) of a variable-rate model, else None.
     width: static G >= g_i. A Python-int ``step`` with G = g_i is an exact step:
       static offset, attention over the cache prefix [0, o_i + g_i) only. Else a
       padded step: traced offset, attention over the whole cache masked to the
@@ -191,13 +200,14 @@ class M2T(base.MaskedTransformerModel):
     Returns (Mixture (B, width, C, K): its first g_i rows are ``schedule.group(i)``'s
     cells in order, the rest junk; new cache).
     """
-    x, offset, visible = self._step_inputs(prev_values, step, width)
+    x, offset, visible = self._step_inputs(prev_values, step, width, rate_level)
     x, cache = self.transformer(x, cache=cache, offset=offset, visible=visible)
     return self.head(x), cache
 
-  def _step_inputs(self, prev_values, step, width: int):
+  def _step_inputs(self, prev_values, step, width: int, rate_level=None):
     """(embedded slots (B, width, d), offset o_i, visible o_i + g_i) of step
     ``step`` at ``width`` (see ``step``)."""
+    base.check_rate_level(self, rate_level)
     sched, _, _ = self._maps()
     if isinstance(step, (int, np.integer)) and not sched.sizes[step] <= width:
       raise ValueError(f"Step {step} predicts {sched.sizes[step]} cells; width "
@@ -208,13 +218,15 @@ class M2T(base.MaskedTransformerModel):
     offsets, sizes, input_index, target_index = _padded_maps(*self._map_key())
     if isinstance(step, (int, np.integer)) and width == sizes[step]:  # exact step
       slots = np.arange(offsets[step], offsets[step] + width)
-      x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots])
+      x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots],
+                      rate_level)
       return x, int(offsets[step]), None
     offsets, sizes, input_index, target_index = (
         jnp.asarray(a) for a in (offsets, sizes, input_index, target_index))
     i = jnp.asarray(step, jnp.int32)
     slots = offsets[i] + jnp.arange(width)
-    x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots])
+    x = self._embed(prev_values[:, :width], input_index[slots], target_index[slots],
+                    rate_level)
     return x, offsets[i], offsets[i] + sizes[i]
 
   def _map_key(self):
@@ -222,10 +234,10 @@ class M2T(base.MaskedTransformerModel):
             self.order_seed)
 
   # --- the entropy-model interface ---------------------------------------------
-  def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
+  def rate(self, tokens, targets, rng=None, train=False, rate_level=None) -> base.Rate:
     """Teacher-forced bits of every token (all paid); ``rng`` is unused."""
     del rng
-    mixture = self(tokens, deterministic=not train)
+    mixture = self(tokens, deterministic=not train, rate_level=rate_level)
     return base.Rate(gmm.bits(mixture, targets, self.prob_floor),
                      jnp.ones(tokens.shape[:2], bool))
 
@@ -239,11 +251,14 @@ class M2T(base.MaskedTransformerModel):
     one each, shared ones one per width."""
     return self.step_width(step), (step if self.exact_steps() else None)
 
-  def init_decode_state(self, valid) -> base.CacheState:
+  def init_decode_state(self, valid, rate_level=None) -> base.CacheState:
     """An empty k/v cache and zero values: nothing decoded."""
+    base.check_rate_level(self, rate_level)
     n = np.asarray(valid).shape[0]
-    return base.CacheState(cache=self.init_cache(n),
-                    prev=jnp.zeros((n, self._max_width(), self.latent_channels), jnp.float32))
+    return base.CacheState(
+        cache=self.init_cache(n),
+        prev=jnp.zeros((n, self._max_width(), self.latent_channels), jnp.float32),
+        rate_level=None if rate_level is None else jnp.asarray(rate_level, jnp.float32))
 
   def decode_step(self, state: base.CacheState, step, shape):
     """Feeds group step-1's values, reads group ``step``'s mixtures; ``step`` is
@@ -262,7 +277,7 @@ class M2T(base.MaskedTransformerModel):
     """(Mixture (N, width, C, K), cache) of a decode step of ``shape``."""
     width, static_step = shape[0], shape[1]
     return self.step(state.prev, state.cache,
-                     step if static_step is None else static_step, width)
+                     step if static_step is None else static_step, width, state.rate_level)
 
   def decode_update(self, state: base.CacheState, step, cells, values) -> base.CacheState:
     """The next step feeds exactly this group's values (N, g, C), padded to g_max."""

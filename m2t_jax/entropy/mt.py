@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2t_jax.entropy import base, gmm, schedules
-from m2t_jax.entropy.embedding import LocationEmbedding, TokenEmbedding
+from m2t_jax.entropy.embedding import LocationEmbedding, RateEmbedding, TokenEmbedding
 from m2t_jax.entropy.gmm import Mixture, MixtureHead
 from m2t_jax.nn import transformer as tfm
 
@@ -34,9 +34,11 @@ class MTState:
 
   tokens: (N, L, C) float32, the values decoded so far (zeros elsewhere).
   known: (N, L) bool, the cells decoded so far (and the padding cells).
+  rate_level: (N,) float32, the rate level of a variable-rate model, else None.
   """
   tokens: jax.Array
   known: jax.Array
+  rate_level: jax.Array | None = None
 
 
 class MT(base.MaskedTransformerModel):
@@ -77,15 +79,20 @@ class MT(base.MaskedTransformerModel):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, known: jax.Array,
-               deterministic: bool = True) -> Mixture:
+               deterministic: bool = True, rate_level=None) -> Mixture:
     """One full pass: predictions for every cell given the ``known`` ones.
 
     This is both the training forward (known = not masked) and a decode step.
+    rate_level: (B,) of a variable-rate model, else None.
     """
+    base.check_rate_level(self, rate_level)
     x = TokenEmbedding(self.d_model, self.embed_delta, name="token_embedding")(
         tokens, ~known)
     x = x + LocationEmbedding(self.num_tokens, self.d_model, name="location")(
         jnp.arange(self.num_tokens))
+    if self.rate_anchors:
+      x = base.add_rate_level(x, RateEmbedding(self.rate_anchors, self.d_model,
+                                               name="rate_embedding"), rate_level)
     if self.embed_layernorm:
       x = nn.LayerNorm(name="embed_norm")(x)
     x, _ = tfm.Transformer(self.num_layers, self.num_heads, self.mlp_dim,
@@ -95,14 +102,14 @@ class MT(base.MaskedTransformerModel):
                        name="head")(x)
 
   # --- the entropy-model interface ---------------------------------------------
-  def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
+  def rate(self, tokens, targets, rng=None, train=False, rate_level=None) -> base.Rate:
     """Bits of the masked tokens: a random mask from ``rng``, else all masked."""
     n, length, _ = tokens.shape
     if rng is None:
       masked = jnp.ones((n, length), bool)
     else:
       masked = random_mask(rng, n, length, self.mask_ratio_min, self.mask_ratio_max)
-    mixture = self(tokens, ~masked, deterministic=not train)
+    mixture = self(tokens, ~masked, deterministic=not train, rate_level=rate_level)
     return base.Rate(gmm.bits(mixture, targets, self.prob_floor), masked)
 
   def coding_plan(self) -> tuple[base.PlannedStep, ...]:
@@ -113,11 +120,14 @@ class MT(base.MaskedTransformerModel):
     return tuple(base.PlannedStep(int(sched.sizes[i]), channels, sched.group(i))
                  for i in range(sched.num_steps))
 
-  def init_decode_state(self, valid) -> "MTState":
+  def init_decode_state(self, valid, rate_level=None) -> "MTState":
     """Nothing known but the padding cells (zeros, never coded)."""
+    base.check_rate_level(self, rate_level)
     valid = np.asarray(valid)
     return MTState(tokens=jnp.zeros(valid.shape + (self.latent_channels,), jnp.float32),
-                   known=jnp.asarray(~valid))
+                   known=jnp.asarray(~valid),
+                   rate_level=None if rate_level is None else jnp.asarray(rate_level,
+                                                                          jnp.float32))
 
   def step_shape(self, step: int) -> None:
     return None  # one full pass per step: one compilation serves them all
@@ -127,7 +137,7 @@ class MT(base.MaskedTransformerModel):
     del shape
     tokens, known = state.tokens, state.known
     g_max = int(self.group_sizes.max())
-    mixture = self(tokens, known)
+    mixture = self(tokens, known, rate_level=state.rate_level)
     if self.order == "entropy":
       # Rank tokens by the entropy of their full-width tables: a narrow table
       # lumps the tail into its escape and would make wide tokens look certain.
@@ -147,8 +157,9 @@ class MT(base.MaskedTransformerModel):
   def decode_update(self, state, step, cells, values):
     del step
     rows = np.arange(cells.shape[0])[:, None]
-    return MTState(tokens=state.tokens.at[rows, cells].set(jnp.asarray(values, jnp.float32)),
-                   known=state.known.at[rows, cells].set(True))
+    return state.replace(
+        tokens=state.tokens.at[rows, cells].set(jnp.asarray(values, jnp.float32)),
+        known=state.known.at[rows, cells].set(True))
 
 
 def random_mask(rng: jax.Array, batch: int, num_tokens: int, ratio_min: float,

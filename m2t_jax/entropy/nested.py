@@ -166,21 +166,23 @@ class NestedM2T(M2T):
     return [*self.exit_heads, self.head]
 
   # --- one pass -----------------------------------------------------------------
-  def __call__(self, tokens: jax.Array, deterministic: bool = True, hidden=None) -> list:
+  def __call__(self, tokens: jax.Array, deterministic: bool = True, hidden=None,
+               rate_level=None) -> list:
     """Teacher-forced pass: tokens (B, L, C) -> one Mixture (B, L, C, K) per exit,
     location order. hidden: None (full MLP width) or the MLP hidden units of
     every slot, (L,) or (B, L) int in slot order (the width of the step that
     runs the slot, so that the pass computes what cached decoding computes)."""
-    x, mask = self._teacher_forced_inputs(tokens)
+    x, mask = self._teacher_forced_inputs(tokens, rate_level)
     outs, _ = self.transformer(x, mask=mask, deterministic=deterministic, hidden=hidden)
     return [self._to_locations(head(h)) for head, h in zip(self._heads(), outs, strict=True)]
 
-  def exit_bits(self, tokens, targets, deterministic: bool = True, hidden=None) -> jax.Array:
+  def exit_bits(self, tokens, targets, deterministic: bool = True, hidden=None,
+                rate_level=None) -> jax.Array:
     """(E, B, L, C) float32: bits of every element of ``targets`` at every exit."""
     return jnp.stack([gmm.bits(m, targets, self.prob_floor)
-                      for m in self(tokens, deterministic, hidden)])
+                      for m in self(tokens, deterministic, hidden, rate_level)])
 
-  def rate(self, tokens, targets, rng=None, train=False) -> base.Rate:
+  def rate(self, tokens, targets, rng=None, train=False, rate_level=None) -> base.Rate:
     """Training: the weighted mean of the exits' bits, each example's steps at
     random MLP widths (uniform over the widths, drawn per example and step with
     ``rng``, so that every width and every mix of widths is trained; without
@@ -196,7 +198,8 @@ class NestedM2T(M2T):
         hidden = per_step[:, step_of_slot]  # (B, L), slot order
     else:
       hidden = self._slot_hidden([split_code(c)[1] for c in self.active_schedule])
-    bits = self.exit_bits(tokens, targets, deterministic=not train, hidden=hidden)
+    bits = self.exit_bits(tokens, targets, deterministic=not train, hidden=hidden,
+                          rate_level=rate_level)
     if train:
       weights = np.asarray(self.exit_weights or (1.0,) * self.num_exits, np.float32)
       pick = (weights / weights.sum())[:, None, None, None]
@@ -217,14 +220,14 @@ class NestedM2T(M2T):
 
   # --- decoding -------------------------------------------------------------------
   def step(self, prev_values, cache, step, width: int, exit_index: int | None = None,
-           hidden: int | None = None):
+           hidden: int | None = None, rate_level=None):
     """``M2T.step`` at exit ``exit_index`` (static; default the last) and MLP
     width ``hidden`` (static hidden units; None = all): only the first
     exit_layers[exit_index] blocks run and write their cache, with their MLP
     weights sliced to ``hidden`` units."""
     layers = self._exit_layers()
     exit_index = len(layers) - 1 if exit_index is None else exit_index
-    x, offset, visible = self._step_inputs(prev_values, step, width)
+    x, offset, visible = self._step_inputs(prev_values, step, width, rate_level)
     outs, cache = self.transformer(x, cache=cache, offset=offset, visible=visible,
                                    depth=layers[exit_index], hidden=hidden)
     return self._heads()[exit_index](outs[-1]), cache
@@ -240,7 +243,7 @@ class NestedM2T(M2T):
     width, static_step, exit_index, hidden = shape
     return self.step(state.prev, state.cache,
                      step if static_step is None else static_step, width, exit_index,
-                     hidden)
+                     hidden, state.rate_level)
 
   # --- size schedules -------------------------------------------------------------
   @property

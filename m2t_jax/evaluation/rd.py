@@ -346,12 +346,14 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
                   "fingerprint": codec.fingerprint.hex(), "model": codec.config.model,
                   "order": s.order, "num_steps": len(codec.entropy_model.coding_plan()),
                   "alpha": float(s.alpha),
-                  "lmbda": float(codec.config.get("lmbda", math.nan)),
+                  "lmbda": codec.lmbda,
+                  # A variable-rate model's quality (0..100), else None.
+                  "quality": codec.quality_of_code(codec.rate_code()),
                   # The encoder's latent refinement (0 steps: E's latent as is).
                   "refine_steps": codec.refine.steps,
                   "refine_learning_rate": codec.refine.learning_rate,
                   "refine_lmbda": float(codec.refine.lmbda if codec.refine.lmbda is not None
-                                        else codec.config.get("lmbda", math.nan))})
+                                        else codec.lmbda)})
     points.append(point)
     del codec
   name = name or ", ".join(dict.fromkeys(kinds))
@@ -365,10 +367,11 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
                   "seconds per image, wall clock, first image per shape incl. compilation",
           **_environment()}
   results = compressai_results(
-      name, "m2t_jax: real range-coded bytes (header included); one point per checkpoint",
+      name, "m2t_jax: real range-coded bytes (header included); one point per checkpoint "
+      "(and quality, for a variable-rate model)",
       points, meta, extra_keys=("estimated_bpp", "num_images", "num_failed", "checkpoint",
                                 "codec", "fingerprint", "model", "order", "num_steps",
-                                "alpha", "lmbda", "refine_steps",
+                                "alpha", "lmbda", "quality", "refine_steps",
                                 "refine_learning_rate", "refine_lmbda"))
   per_image_doc = {"name": name, "meta": meta, "images": per_image}
   write_json(output, results)

@@ -83,11 +83,13 @@ def make_train_step(config, model=None, optimizer=None):
 
 def _joint_loss(model):
   """(params, images uint8 (B, H, W, 3), rng, lmbda) -> (RD loss, per-image bpp,
-  mse, psnr): the joint training of SPEC §1."""
+  mse, psnr): the joint training of SPEC §1 (a variable-rate model: each example
+  at its own drawn lambda, ``model.example_lmbda``)."""
   def loss_fn(params, images, rng, lmbda):
     noise_rng, dropout_rng = jax.random.split(rng)
     out = model.apply({"params": params}, images.astype(jnp.float32), noise_rng,
                       train=True, rngs={"dropout": dropout_rng})
+    lmbda = model_lib.example_lmbda(model.config, out, lmbda)
     return model_lib.rd_loss(out, lmbda), {k: out[k] for k in ("bpp", "mse", "psnr")}
   return loss_fn
 
