@@ -117,6 +117,8 @@ FLAGS = {
     "--time-limit": "seconds each decode may take",
     "--codecs": "classical codecs: jpeg, webp, avif",
     "--qualities": "codec quality settings, one sweep for every codec",
+    "--variable-model": "a variable-rate model (m2t_jax.model: one model for every "
+                        "quality), the same forms as --model",
     "--max-side": "downsize images whose longer side exceeds this many pixels (0: never)",
     "--dataset": "folder of third_party/rd_curves with the published curves",
     "--anchor": "the BD-rate anchor: a curve name in --dataset's folder, or a results file",

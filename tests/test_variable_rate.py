@@ -267,3 +267,14 @@ def test_eval_draws_a_curve_from_one_model(tmp_path):
 def trained_config():
   from m2t_jax import saved_model
   return saved_model.load_params(TRAINED)[0]
+
+
+def test_a_latent_coder_of_a_variable_rate_model_needs_a_rate_code():
+  from m2t_jax.coding.entropy_coder import EntropyCoder
+  coder = EntropyCoder.from_config(get_config("grouped", "tiny,variable_rate"))
+  y = np.random.default_rng(0).integers(-2, 3, (5, 6, coder.latent_channels))
+  data = coder.compress(y, rate_code=100)
+  assert coder.unpack(data)[0].rate_code == 100
+  np.testing.assert_array_equal(coder.decompress(data), y)
+  with pytest.raises(ValueError, match="rate code"):
+    coder.compress(y)

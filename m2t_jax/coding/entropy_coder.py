@@ -139,8 +139,9 @@ class EntropyCoder:
     """A randomly initialised entropy model (tests, benchmarks)."""
     model = registry.build(config)
     tokens = jnp.zeros((1, model.num_tokens, config.latent_channels), jnp.float32)
-    params = jax.jit(lambda key: model.init(key, tokens, tokens, method="rate"))(
-        jax.random.key(seed))["params"]
+    level = jnp.zeros((1,), jnp.float32) if getattr(model, "rate_anchors", 0) else None
+    params = jax.jit(lambda key: model.init(key, tokens, tokens, rate_level=level,
+                                            method="rate"))(jax.random.key(seed))["params"]
     return cls(config, params)
 
   @classmethod
