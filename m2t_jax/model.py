@@ -212,10 +212,12 @@ class CompressionModel(nn.Module):
     tokens, valid = patches.to_patches(y_hat, c.patch_size)
     target_tokens, _ = patches.to_patches(targets, c.patch_size)
     levels = self._levels(rate_level)
+    # A fixed-rate model's entropy model is called without a level, so kinds
+    # written before variable rate (no rate_level argument) still run.
+    extra = {}
     if levels is not None:  # each patch gets its image's level
-      levels = jnp.repeat(jnp.broadcast_to(levels, (b,)), tokens.shape[0] // b)
-    rate = self.entropy_model.rate(tokens, target_tokens, rng=rng, train=train,
-                                   rate_level=levels)
+      extra["rate_level"] = jnp.repeat(jnp.broadcast_to(levels, (b,)), tokens.shape[0] // b)
+    rate = self.entropy_model.rate(tokens, target_tokens, rng=rng, train=train, **extra)
     token_bits = jnp.sum(rate.bits, axis=-1)  # (N, L)
     paid = rate.paid & valid
     # A kind may pay only some tokens (MT: the masked ones): scale each patch's

@@ -7,7 +7,7 @@ cheap, so a bisection over the quality (0..100) on it finds the candidate
 quality; then the real stream at that quality, with the requested effort, is
 made and measured, and when its size is off by more than ``TOLERANCE`` a few
 more bisection steps run on real streams around it. Size grows with quality
-for a trained model (``tests/test_rate_target.py`` checks it on photos); where
+for a trained model (``tests/test_variable_rate.py`` checks it on photos); where
 the target lies outside what the model reaches (below quality 0's stream or
 above quality 100's), the nearest end is returned and the report says so.
 """

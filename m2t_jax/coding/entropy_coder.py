@@ -139,9 +139,11 @@ class EntropyCoder:
     """A randomly initialised entropy model (tests, benchmarks)."""
     model = registry.build(config)
     tokens = jnp.zeros((1, model.num_tokens, config.latent_channels), jnp.float32)
-    level = jnp.zeros((1,), jnp.float32) if getattr(model, "rate_anchors", 0) else None
-    params = jax.jit(lambda key: model.init(key, tokens, tokens, rate_level=level,
-                                            method="rate"))(jax.random.key(seed))["params"]
+    # A level only for a variable-rate model (kinds without rate_level still init).
+    extra = ({"rate_level": jnp.zeros((1,), jnp.float32)}
+             if getattr(model, "rate_anchors", 0) else {})
+    params = jax.jit(lambda key: model.init(key, tokens, tokens, method="rate", **extra))(
+        jax.random.key(seed))["params"]
     return cls(config, params)
 
   @classmethod
@@ -426,8 +428,8 @@ class EntropyCoder:
     self._rate_fns = getattr(self, "_rate_fns", {})
     if model not in self._rate_fns:
       self._rate_fns[model] = determinism.jit(
-          lambda p, t, level: model.apply({"params": p}, t, t, rate_level=level,
-                                          method="rate").bits)
+          lambda p, t, level: model.apply({"params": p}, t, t, method="rate", **(
+              {} if level is None else {"rate_level": level})).bits)
     elem = self._rate_fns[model](self.params, tokens,
                                  rate_level_of_code(rate_code, tokens.shape[0]))
     return float(jnp.sum(elem * valid[..., None]))

@@ -88,8 +88,10 @@ class CodingLoop:
     n, length = self._valid.shape
     self._coded = np.broadcast_to(~self._valid[..., None],
                                   (n, length, model.latent_channels)).copy()
-    self._state = model.init_decode_state(
-        self._valid, None if rate_level is None else np.full((n,), rate_level, np.float32))
+    # Without a level the state is asked for as before variable rate (kinds
+    # that do not know rate_level still code at their one rate).
+    self._state = (model.init_decode_state(self._valid) if rate_level is None else
+                   model.init_decode_state(self._valid, np.full((n,), rate_level, np.float32)))
     self._step_fn = step_fn(model, config)
     self._pending = None
 
