@@ -49,7 +49,7 @@ from experiments import common
 from m2t_jax import BitstreamError, Codec, get_config
 from m2t_jax.app import demo
 from m2t_jax.codec import latent_size
-from m2t_jax.coding import tables
+from m2t_jax.coding import bitstream, tables
 from m2t_jax.coding.steps import CodingLoop
 from m2t_jax.entropy import patches, registry
 
@@ -57,7 +57,7 @@ from m2t_jax.entropy import patches, registry
 # large one within the default max_pixels and ones far beyond it.
 FORGED_SIZES = ((31, 50), (64, 64), (1, 1), (1024, 768), (65536, 65536), (9460, 9460))
 IMAGE_SIZES = ((30, 50), (1, 1), (70, 90))
-_H = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..48 of a v4 stream, for forging.
+_H = struct.Struct("<4sBBBBfII16sIB3BI")  # bytes 0..47 of a stream, for forging.
 
 
 class _Timeout(Exception):
@@ -74,10 +74,13 @@ def _recrc(body: bytes) -> bytes:
 
 def _forge(data: bytes, rng: np.random.Generator,
            forged_sizes=FORGED_SIZES) -> tuple[str, bytes]:
-  """A structured edit of a v4 stream with its CRC recomputed: (name, stream)."""
+  """A structured edit of a stream of the current format with its CRC
+  recomputed: (name, stream)."""
   fields = list(_H.unpack_from(data))
-  schedule = data[_H.size:_H.size + 1 + data[_H.size]]  # n, then n exits
-  payload = data[_H.size + len(schedule):-4]
+  at = bitstream.PREFIX_BYTES - 1  # the size schedule's length byte
+  middle = data[_H.size:at]  # step widths and rate code, kept as they are
+  schedule = data[at:at + 1 + data[at]]  # n, then n exits
+  payload = data[at + len(schedule):-4]
   edit = int(rng.integers(0, 13))
   if edit == 0:
     fields[6], fields[7] = forged_sizes[int(rng.integers(0, len(forged_sizes)))]
@@ -127,7 +130,7 @@ def _forge(data: bytes, rng: np.random.Generator,
   else:
     payload = rng.integers(0, 256, 4 * int(rng.integers(0, 64)), dtype=np.uint8).tobytes()
     fields[14], name = len(payload), "payload-random"
-  return name, _recrc(_H.pack(*fields) + schedule + payload)
+  return name, _recrc(_H.pack(*fields) + middle + schedule + payload)
 
 
 def _raw(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
