@@ -58,7 +58,7 @@ from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
 from m2t_jax import rate_target
 from m2t_jax.coding.entropy_coder import (EntropyCoder, LatentError, check_latent,
                                           rate_level_of_code)
-from m2t_jax.coding.fingerprint import fingerprint
+from m2t_jax.coding.fingerprint import fingerprint, shared_decoding_config
 from m2t_jax.nn.elic import DOWNSCALE
 
 __all__ = ["BitstreamError", "Codec", "DecodeMismatchError", "ImageError",
@@ -130,14 +130,18 @@ class Codec:
     self._refine_steps = {}  # jitted refinement steps, per image shape and settings
     config = precision.coding_config(config)  # always float32 (nn/precision.py)
     self.config = ml_collections.FrozenConfigDict(config)
-    self.model = model_lib.build_model(config)
+    model_lib.validate_config(self.config)
+    # Built from the process's shared config of these decoding fields, so that
+    # Codecs differing only in training fields share their compilations.
+    shared = shared_decoding_config(self.config)
+    self.model = model_lib.build_model(shared)
     self.params = params
     self.fingerprint = fingerprint(self.config, params)
     # The entropy coder keeps its own (latent-stream) fingerprint; image streams
     # carry the whole model's, so neither kind of stream decodes as the other.
     self.entropy_coder = EntropyCoder(self.config, params["entropy_model"])
     self.entropy_model = self.entropy_coder.model
-    self._analysis, self._synthesize = _autoencoder_fns(self.config)
+    self._analysis, self._synthesize = _autoencoder_fns(shared)
 
   # --- construction -----------------------------------------------------------
   @classmethod

@@ -1,11 +1,10 @@
-"""Test-wide settings: CPU, and a persistent compilation cache for subprocesses.
+"""Test-wide settings: CPU, and a persistent compilation cache.
 
 Several tests start fresh Python processes of the same configs (decoding in a
 new process, two-process training, the accelerator report's children); the cache
 lets them reuse compiled executables instead of recompiling (the suite must run
 in minutes on 2 CPU cores). It lives in the pytest cache folder and is passed to
-them through the environment; the pytest processes themselves do not use it
-(below).
+them through the environment; the pytest workers share it too (below).
 """
 
 import gc
@@ -28,18 +27,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
 import jax  # noqa: E402
 
-# The pytest processes themselves do not use the persistent cache; only the fresh
-# subprocesses that tests start (they inherit the environment above) share it.
-# A long-lived worker deserialising a cached executable segfaulted inside
-# `get_executable_and_time` in three runs (2026-12-06 twice, the coding tables;
-# 2026-12-07 at commit 2ced59d, a tiny model's init in test_progressive), each
-# after a dozen test files, and pytest-xdist then lost the worker; fresh
-# processes reading the same cache never did. The cause is not known (the lock
-# and the 1 s threshold did not stop it). Within a worker every program is
-# compiled once anyway (init, E / D, coding and refinement steps are kept per
-# config: model.init_params, codec._autoencoder_fns), so the cache saved little
-# there.
-jax.config.update("jax_enable_compilation_cache", False)
+# The pytest workers use the persistent cache too: a program a test compiles is
+# reloaded (seconds) rather than recompiled (tens of seconds) by the other
+# worker, by the fresh subprocesses and after the clearing below. Workers on the
+# cache had segfaulted inside `get_executable_and_time` after a dozen test
+# files: that was the mapping cap described below (a deserialised executable
+# maps its sections like a compiled one), not the cache.
 
 
 # The experiment scripts are the package ``experiments`` at the repository root

@@ -72,10 +72,16 @@ def test_same_weights_from_another_run_decode_each_others_streams(base, tmp_path
   Codec(other_run, params).save(str(tmp_path / "b"))
   a, b = Codec.load(str(tmp_path / "a")), Codec.load(str(tmp_path / "b"))
   assert a.fingerprint == b.fingerprint
+  # They share one compilation of E, D and the coding steps, and each keeps its
+  # own training fields.
+  assert b._analysis is a._analysis
+  assert b.entropy_coder._shared_config is a.entropy_coder._shared_config
+  assert (a.lmbda, b.lmbda) == (config.lmbda, _TRAINING_CHANGES["lmbda"])
+  assert b.config.init_from == "/elsewhere/model"
   np.testing.assert_array_equal(b.decompress(a.compress(image)), a.decompress(a.compress(image)))
   np.testing.assert_array_equal(a.decompress(b.compress(image)), a.decompress(a.compress(image)))
   # A decoding field differs: another fingerprint, and the stream is refused.
   c = Codec(_set(config.copy_and_resolve_references(), "gmm.table_radius", 9), params)
-  assert c.fingerprint != a.fingerprint
+  assert c.fingerprint != a.fingerprint and c._analysis is not a._analysis
   with pytest.raises(BitstreamError, match="another model"):
     c.decompress(a.compress(image))

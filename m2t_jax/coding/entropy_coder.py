@@ -45,7 +45,7 @@ import numpy as np
 from m2t_jax import saved_model
 from m2t_jax.coding import bitstream, determinism, range_coder, tables
 from m2t_jax.coding.bitstream import BitstreamError, DecodeMismatchError, check_size
-from m2t_jax.coding.fingerprint import fingerprint
+from m2t_jax.coding.fingerprint import fingerprint, shared_decoding_config
 from m2t_jax.coding.steps import CodingLoop, element_bits
 from m2t_jax.nn import precision
 from m2t_jax.entropy import gmm, patches, registry
@@ -126,7 +126,11 @@ class EntropyCoder:
     model_lib.validate_config(config)
     config = precision.coding_config(config)  # always float32 (nn/precision.py)
     self.config = ml_collections.FrozenConfigDict(config)
-    self.model = registry.build(self.config)
+    # Models, coding steps and tables are kept per config: built from the
+    # process's shared config of these decoding fields, coders that differ only
+    # in training fields share their compilations.
+    self._shared_config = shared_decoding_config(self.config)
+    self.model = registry.build(self._shared_config)
     self.params = params
     # Salted, so that a latent stream never passes for an image stream of a
     # Codec with the same entropy model (which fingerprints the whole model).
@@ -280,14 +284,14 @@ class EntropyCoder:
 
   def _loop(self, valid, model=None, rate_code: int | None = None) -> CodingLoop:
     return CodingLoop(self.model if model is None else model, self.params,
-                      self.config, valid, rate_level_of_code(rate_code))
+                      self._shared_config, valid, rate_level_of_code(rate_code))
 
   def _tables(self, step):
     """(narrow mask, wide mask, narrow tables, wide tables or None) of a step's
     todo elements. Encoder and decoder both get their tables here (tests perturb
     it to play a decoder whose tables differ)."""
-    wide = tables.wide_elements(step.pmf, step.todo, self.config)
-    wide_pmf = (tables.wide_tables(step.mixture, np.flatnonzero(wide), self.config)
+    wide = tables.wide_elements(step.pmf, step.todo, self._shared_config)
+    wide_pmf = (tables.wide_tables(step.mixture, np.flatnonzero(wide), self._shared_config)
                 if wide.any() else None)
     narrow = step.todo & ~wide
     return narrow, wide, step.pmf[narrow], wide_pmf

@@ -57,6 +57,26 @@ def decoding_fields(config) -> dict:
   return strip(ml_collections.ConfigDict(config).to_dict(), "")
 
 
+# decoding fields (JSON) -> the first config seen with them in this process.
+_SHARED: dict[str, ml_collections.FrozenConfigDict] = {}
+
+
+def shared_decoding_config(config) -> ml_collections.FrozenConfigDict:
+  """The first config this process saw with the same ``decoding_fields`` as
+  ``config`` (``config`` itself the first time), frozen.
+
+  Models and jitted programs are kept per config (``functools.lru_cache``, Flax
+  modules hash by their config); built from this one, models that differ only
+  in training fields (the shipped models of one kind at several lambdas, a model
+  and its fine-tune) share one compilation of E, D and every coding step instead
+  of compiling each. Decoding never reads the fields in which they differ
+  (``TRAINING_ONLY``), so the programs compute the same thing.
+  """
+  frozen = ml_collections.FrozenConfigDict(config)
+  key = json.dumps(decoding_fields(frozen), sort_keys=True)
+  return _SHARED.setdefault(key, frozen)
+
+
 def fingerprint(config, params, salt: bytes = b"") -> bytes:
   """16-byte digest of ``salt``, ``decoding_fields(config)`` and every
   parameter's path, dtype, shape and bytes."""
