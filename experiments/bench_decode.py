@@ -72,7 +72,9 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def _tokens(codec, image):
+def latent_tokens(codec, image):
+  """(tokens (N, L, C) float32, valid (N, L) bool) of E's latent of ``image``, in
+  patches: what the entropy model reads."""
   y_hat = codec.analyze(image)
   tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), codec.config.patch_size)
   return tokens, valid
@@ -165,7 +167,7 @@ def bench_one(size: str, kind: str, steps: int, width: int, height: int, repeats
     timings["full_decode_s"] = time.perf_counter() - t0
     runs.append(timings)
   med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-  tokens, valid = _tokens(codec, image)
+  tokens, valid = latent_tokens(codec, image)
   valid = np.asarray(valid)
 
   # Table building alone, as the codec does it (narrow tables for every element,

@@ -64,7 +64,7 @@ def main(argv=None):
     for s in args.decode_steps:
       codec = truncated(base, depth, s)
       bpp = [codec.estimate(image)["bpp"] for _, image in photos]
-      tokens, valid = bench_decode._tokens(codec, timing_image)
+      tokens, valid = bench_decode.latent_tokens(codec, timing_image)
       run = bench_decode._transformer_fn(codec, tokens, valid)
       jax.block_until_ready(run())  # compile
       row = {"depth": depth, "S": s, "bpp": float(np.mean(bpp)), "bpp_min": min(bpp),

@@ -40,7 +40,7 @@ import numpy as np
 
 from experiments import bench_decode, common
 from m2t_jax.coding import bitstream
-from m2t_jax.entropy import nested, patches
+from m2t_jax.entropy import nested
 
 MAX_MEASURED_FRONT = 8  # Pareto schedules decoded for real (the slowest dropped)
 
@@ -56,18 +56,13 @@ def admissible(num_steps: int, num_exits: int, num_widths: int = 1) -> list[tupl
           for es in exits for ws in widths]
 
 
-def _tokens(codec, image):
-  y_hat = codec.analyze(image)
-  tokens, valid = patches.to_patches(jnp.asarray(y_hat, jnp.float32), codec.config.patch_size)
-  return tokens, np.asarray(valid)
-
-
-def step_bits(codec, image: np.ndarray, hidden=None) -> np.ndarray:
-  """(E, S) bits of each exit for each decode step's elements of ``image``, every
-  slot at MLP widths ``hidden`` ((L,) hidden units in slot order; None = full).
-  One compilation serves every ``hidden`` (a full width masks nothing)."""
+def step_bits(codec, tokens, valid, hidden=None) -> np.ndarray:
+  """(E, S) bits of each exit for each decode step's elements of an image's
+  latent tokens (``bench_decode.latent_tokens``), every slot at MLP widths
+  ``hidden`` ((L,) hidden units in slot order; None = full). One compilation
+  serves every ``hidden`` (a full width masks nothing)."""
   model = codec.entropy_model
-  tokens, valid = _tokens(codec, image)
+  valid = np.asarray(valid)
   if not hasattr(codec, "_exit_bits"):
     codec._exit_bits = jax.jit(lambda p, t, h: model.apply(
         {"params": p}, t, t, True, h, method="exit_bits"))
@@ -80,20 +75,20 @@ def step_bits(codec, image: np.ndarray, hidden=None) -> np.ndarray:
   return np.stack([bits[:, step == i].sum(axis=1) for i in range(model.num_steps)], 1)
 
 
-def width_bits(codec, image) -> np.ndarray:
+def width_bits(codec, tokens, valid) -> np.ndarray:
   """(W, E, S): ``step_bits`` with every slot at each MLP width in turn."""
   model = codec.entropy_model
-  return np.stack([step_bits(codec, image, np.full(model.num_tokens, h, np.int32))
+  return np.stack([step_bits(codec, tokens, valid, np.full(model.num_tokens, h, np.int32))
                    for h in model.hidden_sizes()])
 
 
-def exact_bits(codec, image, schedule) -> float:
+def exact_bits(codec, tokens, valid, schedule) -> float:
   """The exact one-pass bits of ``schedule`` (each slot at its step's width, each
   step at its exit): what a cached decode pays."""
   model = codec.entropy_model
   pairs = [nested.split_code(c) for c in schedule]
   hidden = np.repeat([model.hidden_sizes()[w] for _, w in pairs], model.schedule.sizes)
-  bits = step_bits(codec, image, hidden)
+  bits = step_bits(codec, tokens, valid, hidden)
   return float(sum(bits[e, i] for i, (e, _) in enumerate(pairs)))
 
 
@@ -174,12 +169,13 @@ def main(argv=None):
     raise SystemExit(f"{codec.name} has one model size: no size schedules")
   photos = common.load_images(args)
   steps, exits, widths = model.num_steps, model.num_exits, model.num_widths
-  per_image = {name: width_bits(codec, image) for name, image in photos}  # (W, E, S)
+  latents = {name: bench_decode.latent_tokens(codec, image) for name, image in photos}
+  per_image = {name: width_bits(codec, *latents[name]) for name in latents}  # (W, E, S)
   pixels = {name: image.shape[0] * image.shape[1] for name, image in photos}
 
   timing_image = (bench_decode._photo(*map(int, args.image_size.split("x")))
                   if args.image_size else photos[0][1])
-  tokens, valid = bench_decode._tokens(codec, timing_image)
+  tokens, valid = bench_decode.latent_tokens(codec, timing_image)
   valid = np.asarray(valid)
   costs = step_costs(codec, tokens, valid, args.repeats)
 
@@ -211,8 +207,8 @@ def main(argv=None):
   named = {n: name(model.resolve_size_schedule(n)) for n in ("full", "fast", "smallest")}
   kept = {r["schedule"]: r for r in rows if r in front or r["schedule"] in named.values()}
   for row in kept.values():  # exact one-pass rate (mixed widths: see the docstring)
-    exact = [(exact_bits(codec, image, row["codes"]) + overhead) / pixels[n]
-             for n, image in photos]
+    exact = [(exact_bits(codec, *latents[n], row["codes"]) + overhead) / pixels[n]
+             for n in latents]
     row["bpp_exact"] = float(np.mean(exact))
     row["bpp_exact_vs_full_pct"] = None  # filled below
   for row in kept.values():

@@ -14,7 +14,8 @@ Public API:
 
 from m2t_jax.codec import (BitstreamError, Codec, DecodeMismatchError, ImageError,
                            StreamTooLargeError)
-from m2t_jax.coding.entropy_coder import EntropyCoder, LatentError
+from m2t_jax.coding.entropy_coder import EntropyCoder
+from m2t_jax.input_checks import LatentError
 from m2t_jax.configs import get_config
 from m2t_jax.entropy.base import EntropyModel
 from m2t_jax.entropy.gmm import Mixture, MixtureHead

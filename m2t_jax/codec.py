@@ -39,7 +39,6 @@ decompression-bomb limit, ``bitstream.DEFAULT_MAX_PIXELS`` = 89,478,485) is
 refused (``StreamTooLargeError``) before anything is allocated.
 """
 
-import dataclasses
 import functools
 import time
 import warnings
@@ -56,8 +55,9 @@ from m2t_jax.coding import bitstream, determinism
 from m2t_jax.coding.bitstream import (BitstreamError, DecodeMismatchError,
                                       StreamTooLargeError)
 from m2t_jax import rate_target
-from m2t_jax.coding.entropy_coder import (EntropyCoder, LatentError, check_latent,
-                                          rate_level_of_code)
+from m2t_jax.coding import rate_code as rate_code_lib
+from m2t_jax.coding.entropy_coder import EntropyCoder
+from m2t_jax.input_checks import ImageError, LatentError, check_image, check_latent
 from m2t_jax.coding.fingerprint import fingerprint, shared_decoding_config
 from m2t_jax.nn.elic import DOWNSCALE
 
@@ -85,25 +85,6 @@ def _autoencoder_fns(config: ml_collections.FrozenConfigDict):
   return analysis, synthesize
 
 
-class ImageError(ValueError):
-  """An input image the codec cannot take: not uint8 (H, W, 3), or too large."""
-
-
-def check_image(image) -> np.ndarray:
-  """The image if it is uint8 (H, W, 3) with sides in 1..65536; ImageError otherwise."""
-  if not isinstance(image, np.ndarray):
-    raise ImageError(f"Expected a numpy array, got {type(image).__name__}.")
-  if image.dtype != np.uint8:
-    raise ImageError(f"Expected uint8 pixels on 0..255, got dtype {image.dtype}.")
-  if image.ndim != 3 or image.shape[2] != 3:
-    raise ImageError(f"Expected an RGB image of shape (H, W, 3), got {image.shape}; "
-                     "convert greyscale/alpha images to RGB first.")
-  h, w = image.shape[:2]
-  if not (1 <= h <= bitstream.MAX_IMAGE_SIDE and 1 <= w <= bitstream.MAX_IMAGE_SIDE):
-    raise ImageError(f"Image sides must be 1..{bitstream.MAX_IMAGE_SIDE}, got {h}x{w}.")
-  return image
-
-
 def latent_size(height: int, width: int) -> tuple[int, int]:
   """(h, w) of the latent of a height x width image: ceil(side / DOWNSCALE)."""
   return -(-height // DOWNSCALE), -(-width // DOWNSCALE)
@@ -122,7 +103,7 @@ class Codec:
     ``codec.refine``; images above ``codec.refine_max_pixels`` pixels are coded
     unrefined (memory)."""
     self.max_pixels = int(max_pixels)
-    self.refine = self._refine_settings(refine, RefineSettings(), effort)
+    self.refine = refine_lib.resolve_settings(refine, RefineSettings(), effort)
     self.refine_max_pixels = refine_lib.MAX_PIXELS
     # A variable-rate model's quality when a call gives none (None:
     # model.DEFAULT_QUALITY); settable, like codec.refine.
@@ -193,46 +174,24 @@ class Codec:
         raise ValueError(f"This model ({self.name}) has one rate: it takes no "
                          "quality. Use a variable-rate model, or pick a model per rate.")
       return None
-    quality = model_lib.DEFAULT_QUALITY if quality is None else quality
-    return round(model_lib.check_quality(quality) / 100 * bitstream.RATE_CODE_MAX)
+    return rate_code_lib.code_of_quality(
+        rate_code_lib.DEFAULT_QUALITY if quality is None else quality)
 
   @property
   def lmbda(self) -> float:
     """The RD trade-off (lambda on MSE over 0..255) the model codes at: its
     training lambda, or a variable-rate model's lambda at ``codec.quality``."""
-    level = rate_level_of_code(self.rate_code())
+    level = rate_code_lib.level_of_code(self.rate_code())
     if level is None:
       return float(self.config.get("lmbda", float("nan")))
     return float(model_lib.lmbda_of_level(self.config, float(level)))
 
-  @staticmethod
-  def quality_of_code(rate_code: int | None) -> float | None:
-    """The quality (0..100) a rate code stands for; None for None."""
-    return None if rate_code is None else 100.0 * rate_code / bitstream.RATE_CODE_MAX
-
   def _level(self, rate_code):
     """The jitted functions' level argument: (1,) float32, or None."""
-    level = rate_level_of_code(rate_code)
+    level = rate_code_lib.level_of_code(rate_code)
     return None if level is None else jnp.full((1,), level, jnp.float32)
 
   # --- the autoencoder ----------------------------------------------------------
-  @staticmethod
-  def _refine_settings(refine, default, effort=None) -> RefineSettings:
-    """None -> default; an int -> default with that many steps; RefineSettings as
-    is; or, with effort given (and refine None), that level's settings with the
-    default's lambda. ValueError for a bad effort or both given."""
-    if effort is not None:
-      if refine is not None:
-        raise ValueError("give refine or effort, not both.")
-      return RefineSettings.for_effort(effort, default.lmbda)
-    if refine is None:
-      return default
-    if isinstance(refine, RefineSettings):
-      return refine
-    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)):
-      raise TypeError(f"refine must be None, an int or RefineSettings, got {refine!r}.")
-    return dataclasses.replace(default, steps=int(refine))
-
   def analyze(self, image: np.ndarray, refine: "RefineSettings | int | None" = None,
               effort: int | None = None, quality=None) -> np.ndarray:
     """uint8 (H, W, 3) -> the latent that compress codes: y_hat int64 (1, h, w, C),
@@ -243,12 +202,12 @@ class Codec:
     variable-rate model's (0..100, None = the default; see ``rate_code``)."""
     image = check_image(image)
     rate_code = self.rate_code(quality)
-    settings = self._refine_settings(refine, self.refine, effort)
+    settings = refine_lib.resolve_settings(refine, self.refine, effort)
     x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
     y = self._analysis(self.params, x, self._level(rate_code))
     height, width = image.shape[:2]
     if settings.steps and height * width <= self.refine_max_pixels:
-      level = rate_level_of_code(rate_code)
+      level = rate_code_lib.level_of_code(rate_code)
       lmbda = settings.lmbda
       if lmbda is None:  # the model's own trade-off (at this quality)
         lmbda = float(self.config.lmbda if level is None

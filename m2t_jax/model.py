@@ -38,9 +38,8 @@ from m2t_jax.evaluation import metrics
 from m2t_jax.nn import precision
 from m2t_jax.nn.elic import DOWNSCALE, ElicAnalysis, ElicSynthesis
 
-# The quality (0..100) a variable-rate model codes at when none is given: the
-# middle of its lambda range, in the log domain.
-DEFAULT_QUALITY = 50.0
+# Re-exported: the quality a variable-rate model codes at when none is given.
+from m2t_jax.coding.rate_code import DEFAULT_QUALITY  # noqa: E402,F401
 
 # The training PSNRs (the model's and a frozen decoder's) floor the MSE here, so
 # that a perfect crop gives a finite value that a mean over steps can hold.
@@ -109,16 +108,6 @@ def _validate_variable_rate(config) -> None:
 def is_variable_rate(config) -> bool:
   """Whether ``config`` describes a variable-rate model (``variable_rate``)."""
   return config.get("variable_rate") is not None
-
-
-def check_quality(quality) -> float:
-  """``quality`` as a float if it is a finite number in [0, 100]; ValueError
-  otherwise."""
-  if isinstance(quality, bool) or not isinstance(quality, numbers.Real) or not (
-      math.isfinite(quality) and 0 <= quality <= 100):
-    raise ValueError(f"quality must be a number from 0 (smallest files) to 100 (best "
-                     f"images), got {quality!r}.")
-  return float(quality)
 
 
 def lmbda_of_level(config, rate_level):

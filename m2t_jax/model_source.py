@@ -61,10 +61,11 @@ class ModelSource:
     of steps; ``Codec``'s) and refusing more than ``max_pixels`` (None: the
     default). Raises ValueError for a seed outside int64 and what ``Codec.load``
     raises for a broken folder."""
-    from m2t_jax.codec import Codec  # noqa: PLC0415 - the resolver itself is light
+    from m2t_jax import refine as refine_lib  # noqa: PLC0415 - the resolver itself is light
+    from m2t_jax.codec import Codec  # noqa: PLC0415
     if self.form == "random":
       codec = Codec.from_config(self.config, seed=self.seed)
-      codec.refine = Codec._refine_settings(refine, codec.refine)
+      codec.refine = refine_lib.resolve_settings(refine, codec.refine)
     elif self.form == "workdir-checkpoint":
       from m2t_jax import train  # noqa: PLC0415 - orbax and grain: only for a workdir
       codec = Codec(*train.checkpoint_model(self.path, self.step), refine=refine)

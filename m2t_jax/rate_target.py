@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 
 from m2t_jax.coding import bitstream
+from m2t_jax.input_checks import check_image
 
 TOLERANCE = 0.03  # relative size error a hit may have
 _ESTIMATE_STEPS = 10  # bisection steps on the estimate: quality to within 0.1
@@ -65,7 +66,6 @@ def compress_to_target(codec, image, target_bpp=None, target_size=None,
   """(stream bytes, TargetReport); see the module docstring. ``codec``: a
   ``Codec`` of a variable-rate model (ValueError otherwise); image: uint8
   (H, W, 3); size_schedule, refine, effort: as ``Codec.compress``."""
-  from m2t_jax.codec import check_image  # noqa: PLC0415 - codec imports this module
   if not codec.variable_rate:
     raise ValueError(f"This model ({codec.name}) has one rate, so it cannot aim at a "
                      "size: target_bpp / target_size need a variable-rate model.")

@@ -133,6 +133,23 @@ def check_effort(effort) -> int:
                      f"{MAX_EFFORT} (slowest), got {effort!r}.")
   return int(effort)
 
+def resolve_settings(refine, default: RefineSettings, effort=None) -> RefineSettings:
+  """The settings a call asks for: refine None -> ``default``; an int -> ``default``
+  with that many steps; a RefineSettings as is; or, with ``effort`` given (and
+  refine None), that level's settings with the default's lambda. ValueError for
+  a bad effort or both given; TypeError for another refine."""
+  if effort is not None:
+    if refine is not None:
+      raise ValueError("give refine or effort, not both.")
+    return RefineSettings.for_effort(effort, default.lmbda)
+  if refine is None:
+    return default
+  if isinstance(refine, RefineSettings):
+    return refine
+  if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)):
+    raise TypeError(f"refine must be None, an int or RefineSettings, got {refine!r}.")
+  return dataclasses.replace(default, steps=int(refine))
+
 
 def _parts(model, params, image, height: int, width: int, lmbda: float,
            rate_level: float | None = None):

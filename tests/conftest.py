@@ -31,8 +31,9 @@ import jax  # noqa: E402
 # reloaded (seconds) rather than recompiled (tens of seconds) by the other
 # worker, by the fresh subprocesses and after the clearing below. Workers on the
 # cache had segfaulted inside `get_executable_and_time` after a dozen test
-# files: that was the mapping cap described below (a deserialised executable
-# maps its sections like a compiled one), not the cache.
+# files, before the clearing existed; that fits the mapping cap described below
+# (a deserialised executable maps its sections like a compiled one), and a
+# clean-clone run with both in place lost no worker (docs/results/test_suite.md).
 
 
 # The experiment scripts are the package ``experiments`` at the repository root

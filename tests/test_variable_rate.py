@@ -19,7 +19,7 @@ from m2t_jax import BitstreamError, Codec, get_config
 from m2t_jax import model as model_lib
 from m2t_jax import rate_target
 from m2t_jax.app import cli
-from m2t_jax.coding import bitstream
+from m2t_jax.coding import bitstream, rate_code
 
 TRAINED = os.path.join(os.path.dirname(__file__), "data", "models", "m2t-tiny-variable-rate")
 KINDS = ("m2t", "mt", "grouped", "nested")
@@ -54,7 +54,8 @@ def test_round_trips_at_several_qualities(random_codecs, kind):
     data = codec.compress(image, quality=quality)
     header = codec.read_header(data)
     assert header.rate_code == round(quality / 100 * bitstream.RATE_CODE_MAX)
-    assert abs(codec.quality_of_code(header.rate_code) - quality) <= 100 / bitstream.RATE_CODE_MAX
+    assert abs(rate_code.quality_of_code(header.rate_code) - quality) <= (
+        100 / bitstream.RATE_CODE_MAX)
     estimate = codec.estimate(image, quality=quality)
     np.testing.assert_array_equal(codec.decompress_latent(data), estimate["y_hat"])
     np.testing.assert_array_equal(codec.decompress(data), estimate["reconstruction"])
@@ -208,7 +209,7 @@ def test_target_bpp_is_hit_within_tolerance(trained):
   bpp = 8 * len(data) / image[..., 0].size
   assert report.reached and abs(bpp - target) <= rate_target.TOLERANCE * target
   assert report.size_bytes == len(data)
-  assert abs(trained.quality_of_code(trained.read_header(data).rate_code) - report.quality) < 0.01
+  assert abs(rate_code.quality_of_code(trained.read_header(data).rate_code) - report.quality) < 0.01
   np.testing.assert_array_equal(
       trained.decompress(data), trained.estimate(image, quality=report.quality)["reconstruction"])
   # A target of a byte count, the same way.

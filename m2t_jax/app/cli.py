@@ -46,7 +46,7 @@ trade-off lambda = lmbda_min * (lmbda_max / lmbda_min)^(Q/100) of its training
 range; or at a size: ``--target-bpp B`` / ``--target-size BYTES`` search the
 quality (``m2t_jax/rate_target.py``: within 3%, or the nearest reachable, said).
 ``m2t eval --qualities Q ...`` draws one RD point per quality from each such
-model (default for a variable-rate model: ``EVAL_QUALITIES``). Fixed-rate models
+model (default for a variable-rate model: ``eval_models.EVAL_QUALITIES``). Fixed-rate models
 refuse all of these.
 Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 """
@@ -54,6 +54,8 @@ Errors print one line to stderr and exit with status 1 (bad input) or 2 (usage).
 import argparse
 import os
 import sys
+
+from m2t_jax.evaluation import eval_models
 
 
 def __getattr__(name):
@@ -104,6 +106,7 @@ def _codec(args):
 
 def _compress(args):
   from m2t_jax import images
+  from m2t_jax.coding import rate_code
   refine = _refine(args)  # impossible settings fail before any work
   codec = _codec(args)
   codec.max_pixels = args.max_pixels
@@ -124,7 +127,7 @@ def _compress(args):
   else:
     data = codec.compress(image, size_schedule=args.size_schedule, refine=refine,
                           quality=args.quality)
-    quality = codec.quality_of_code(codec.read_header(data).rate_code)
+    quality = rate_code.quality_of_code(codec.read_header(data).rate_code)
   with open(args.output, "wb") as f:
     f.write(data)
   h, w = image.shape[:2]
@@ -187,68 +190,15 @@ def _summary(args):
   print(summary.format_summary(configs.load_config(args.config, args.size)))
 
 
-# The qualities ``m2t eval`` draws a variable-rate model's curve at when
-# --qualities is not given: its range from end to end.
-EVAL_QUALITIES = (0.0, 25.0, 50.0, 75.0, 100.0)
-
-
-def _eval_model(path: str, refine=0):
-  """(label, factory of the Codec) of one ``m2t eval --checkpoint PATH``
-  (``model_source.resolve``; a workdir's choice is printed). FileNotFoundError
-  when it names no model."""
-  from m2t_jax import model_source
-  source = model_source.resolve(path)
-  if source.note:
-    print(source.note)
-  return source.label, lambda: source.load(refine=refine)
-
-
-def _at_qualities(codecs, qualities):
-  """One (label@qQ, factory) per quality for each variable-rate model of
-  ``codecs`` (qualities None: ``EVAL_QUALITIES``); fixed-rate models as they are,
-  or ValueError when qualities were asked of one."""
-  from m2t_jax import model as model_lib
-  if qualities is not None:
-    for q in qualities:
-      model_lib.check_quality(q)
-  out = []
-  for label, factory in codecs:
-    codec = factory()
-    if not codec.variable_rate:
-      if qualities is not None:
-        raise ValueError(f"--qualities: {label} is a fixed-rate model (one RD point); "
-                         "qualities need a variable-rate model.")
-      out.append((label, lambda codec=codec: codec))
-      continue
-    for q in (EVAL_QUALITIES if qualities is None else qualities):
-      def at(q=q, factory=factory):
-        c = factory()
-        c.quality = q
-        return c
-      out.append((f"{label}@q{q:g}", at))
-  return out
-
-
 def _eval(args):
-  from m2t_jax import Codec, model_source, models
   from m2t_jax.evaluation import rd
-  if args.checkpoint and args.config:
-    raise ValueError("give either --checkpoint or --config, not both")
   refine = _refine(args)  # impossible settings fail before hours of evaluation
   for path in (args.output, rd.per_image_path(args.output)):  # ... and so does this
     if os.path.isdir(path):
       raise ValueError(f"--output {args.output!r}: {path!r} is a folder; give a file "
                        "name such as results.json")
-  if args.config:
-    source = model_source.random_model(args.config, seed=args.seed)
-    codecs = [(source.label, lambda: source.load(refine=refine))]
-  elif args.checkpoint:  # each resolved now: fail before hours of evaluation, not after
-    codecs = [_eval_model(path, refine) for path in args.checkpoint]
-  else:  # every shipped model of the default model's kind: one RD point per lambda
-    models.resolve(None)  # raises FileNotFoundError: no model ships
-    names = models.names(models.kinds()[0])
-    codecs = [(name, lambda name=name: Codec.load(name, refine=refine)) for name in names]
-  codecs = _at_qualities(codecs, args.qualities)
+  codecs = eval_models.eval_codecs(args.checkpoint, args.config, args.seed, refine,
+                                   args.qualities)
   if args.images:
     items, dataset = rd.folder_images(args.images, args.split), f"folder:{args.images}"
   else:
@@ -376,8 +326,8 @@ def _parser():
   p.add_argument("--max-images", type=int, default=0, help="only the first N images")
   p.add_argument("--qualities", type=float, nargs="+", default=None, metavar="Q",
                  help="variable-rate models: one RD point per quality, 0..100 "
-                      "(default for them: " + " ".join(f"{q:g}" for q in EVAL_QUALITIES)
-                      + ")")
+                      "(default for them: "
+                      + " ".join(f"{q:g}" for q in eval_models.EVAL_QUALITIES) + ")")
   p.add_argument("--no-warmup", action="store_true",
                  help="time the first image of each size with its compilation")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")

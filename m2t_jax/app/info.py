@@ -1,7 +1,7 @@
 """``m2t info``: the human-readable report of a stream's header (the format
 itself is ``m2t_jax/coding/bitstream.py``)."""
 
-from m2t_jax.coding import bitstream
+from m2t_jax.coding import bitstream, rate_code
 
 
 def _size_schedule(codes) -> str:
@@ -35,7 +35,7 @@ def describe(header: bitstream.Header, payload_bytes: int | None = None,
       f"alpha {header.alpha:g}",
       *([_size_schedule(header.size_schedule)] if header.size_schedule else []),
       f"  step widths: {header.step_widths} (how the encoder ran the decode steps)",
-      *([f"  quality:     {100.0 * header.rate_code / bitstream.RATE_CODE_MAX:.2f} "
+      *([f"  quality:     {rate_code.quality_of_code(header.rate_code):.2f} "
          f"(rate code {header.rate_code}; a variable-rate model)"]
         if header.rate_code is not None else []),
       f"  written on:  {header.writer}",

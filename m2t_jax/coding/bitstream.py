@@ -30,47 +30,15 @@ length.
 | 52+n+L |    4 | u32     | CRC32 (zlib) of bytes [0, 52+n+L)                   |
 
 The fixed overhead is ``HEADER_BYTES`` = 56 bytes (the 52-byte header plus the
-CRC) and one byte per step of a size schedule. The **rate code** is the rate
-level (quality / 100) a variable-rate model coded at (``m2t_jax/model.py``),
-quantised to 1/65534; encoder and decoder both use the quantised level, so the
-decoder needs nothing else. **Step widths** say how the
-encoder ran the decode steps of a kind that can pad them (M2T and nested M2T,
-``entropy/m2t.py``): each step at its exact group size, or padded to two shared
-widths. Both give the same distributions up to float rounding, but range
-decoding needs the encoder's tables bit for bit, so the decoder runs the steps
-the way the stream says. Other kinds ignore the byte. Version 5 streams (the
-same without the rate code, 54 bytes of overhead: fixed-rate models), version 4
-streams (also without byte 48, 53 bytes)
-and version 3 streams (also without the size schedule, 52 bytes) are still read;
-versions 3 and 4 as streams with shared step widths (the only kind there was)
-and version 3 with an empty size schedule. The image
-size is the original, uncropped one, so the decoder can pad and
-crop exactly as the encoder did. The fingerprint lets the decoder refuse a stream
-written by a different model instead of decoding garbage.
-
-Two checksums, for two different failures. The trailing CRC covers the bytes: a
-flipped bit, a truncation. The latent CRC covers the *decoding*: a range-coded
-payload decodes right only with tables bit-identical to the encoder's, and tables
-computed on another backend or XLA version can differ by one float ULP and then
-decode another latent without any error from the range coder. The decoder
-compares the CRC of what it decoded with this field and raises
-``DecodeMismatchError`` (naming the writer's and its own backend and JAX
-version, recorded at bytes 40..43) instead of returning a wrong image.
-
-``unpack`` checks, in this order, and raises ``BitstreamError`` with a specific
-message at the first failure: length at least ``HEADER_BYTES`` (truncated), magic
-(not an m2t_jax stream), CRC (corrupted), version (newer, or an older format this
-version does not read), field values, and payload length against the total size
-(truncated or trailing bytes). Every version ends with the CRC of all bytes before
-it, so the CRC is checked before the version is believed: a flipped version bit
-reads as corruption, not as "upgrade m2t_jax". A single flipped bit anywhere is
-always detected, in the magic by that check, elsewhere by the CRC. The decoder
-then checks every field against its model (``EntropyCoder.unpack``).
-
-Older formats are refused with a message rather than decoded: version 1 (before
-``gmm.coding_tables`` became elementwise; its tables can differ from today's by
-one ULP) and version 2 (no latent checksum, so a wrong decode would go unnoticed,
-and a fingerprint over training fields too).
+CRC) and one byte per step of a size schedule. Versions 3 to 5 are still read
+(``READABLE_VERSIONS``; ``OVERHEAD_BYTES`` per version). Two checksums for two
+failures: the trailing CRC catches damaged bytes, the latent CRC a decode whose
+tables differed from the encoder's (another backend or XLA version), which
+raises ``DecodeMismatchError``. ``unpack`` checks length, magic, CRC, version,
+fields and payload length, in that order, and raises ``BitstreamError`` at the
+first failure; the decoder then checks the fields against its model
+(``EntropyCoder.unpack``). docs/bitstream.md explains each field, the rate code
+and step widths, the order of the checks and the older versions.
 """
 
 import dataclasses

@@ -46,59 +46,17 @@ from m2t_jax import saved_model
 from m2t_jax.coding import bitstream, determinism, range_coder, tables
 from m2t_jax.coding.bitstream import BitstreamError, DecodeMismatchError, check_size
 from m2t_jax.coding.fingerprint import fingerprint, shared_decoding_config
+from m2t_jax.coding.rate_code import level_of_code
 from m2t_jax.coding.steps import CodingLoop, element_bits
+from m2t_jax.input_checks import LatentError, check_latent  # noqa: F401 (re-exported)
 from m2t_jax.nn import precision
 from m2t_jax.entropy import gmm, patches, registry
-
-# What the range coder can code exactly: int32 values (escape path included).
-LATENT_MIN, LATENT_MAX = -(2**31), 2**31 - 1
-
-
-class LatentError(ValueError):
-  """A latent the coder cannot take: wrong shape, not integer, not finite, or
-  outside int32."""
-
 
 # A range decoder whose data has run out still holds at most 64 bits of state;
 # decoding more information than that from it means the payload is too short for
 # the header (a forged size) or the tables differ. The slack covers the fixed-
 # point quantisation of the tables (the bound below is computed from floats).
 _EXHAUSTED_SLACK_BITS = 96.0
-
-
-def check_latent(y_hat, channels: int, batched: bool = False) -> np.ndarray:
-  """An integer-valued latent (h, w, C), or (N, h, w, C) when ``batched``, as
-  int64; LatentError for any other shape, a non-numeric or bool dtype, NaN/inf,
-  non-integer values or values outside int32 (what the range coder codes)."""
-  y = np.asarray(y_hat)
-  shape = "(N, h, w, {c})" if batched else "(h, w, {c})"
-  if (y.ndim != 3 + batched or y.shape[-1] != channels or min(y.shape[:-1], default=0) < 1):
-    raise LatentError(f"Expected a latent of shape {shape.format(c=channels)} with "
-                      f"every side >= 1, got {y.shape}.")
-  if max(y.shape[-3:-1]) > bitstream.MAX_IMAGE_SIDE:
-    raise LatentError(f"Latent sides must be at most {bitstream.MAX_IMAGE_SIDE}, got "
-                      f"{y.shape[-3]}x{y.shape[-2]}.")
-  if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer)
-                             or np.issubdtype(y.dtype, np.floating)):
-    raise LatentError(f"Expected integer latent values, got dtype {y.dtype}.")
-  if np.issubdtype(y.dtype, np.floating):
-    if not np.all(np.isfinite(y)):
-      raise LatentError("The latent has non-finite values (NaN or inf).")
-    if not np.all(y == np.round(y)):
-      raise LatentError("The latent has non-integer values; round it first.")
-  if y.min() < LATENT_MIN or y.max() > LATENT_MAX:
-    raise LatentError(f"Latent values must lie in [{LATENT_MIN}, {LATENT_MAX}] (int32), "
-                      f"got [{y.min()}, {y.max()}].")
-  return y.astype(np.int64)
-
-
-def rate_level_of_code(rate_code: int | None, count: int | None = None):
-  """The rate level (float32 in [0, 1]) of a stream's rate code, repeated
-  ``count`` times ((count,) float32 array) when given; None for None."""
-  if rate_code is None:
-    return None
-  level = np.float32(rate_code) / np.float32(bitstream.RATE_CODE_MAX)
-  return level if count is None else np.full((count,), level, np.float32)
 
 
 def _min_bits(pmf: np.ndarray) -> float:
@@ -284,7 +242,7 @@ class EntropyCoder:
 
   def _loop(self, valid, model=None, rate_code: int | None = None) -> CodingLoop:
     return CodingLoop(self.model if model is None else model, self.params,
-                      self._shared_config, valid, rate_level_of_code(rate_code))
+                      self._shared_config, valid, level_of_code(rate_code))
 
   def _tables(self, step):
     """(narrow mask, wide mask, narrow tables, wide tables or None) of a step's
@@ -435,5 +393,5 @@ class EntropyCoder:
           lambda p, t, level: model.apply({"params": p}, t, t, method="rate", **(
               {} if level is None else {"rate_level": level})).bits)
     elem = self._rate_fns[model](self.params, tokens,
-                                 rate_level_of_code(rate_code, tokens.shape[0]))
+                                 level_of_code(rate_code, tokens.shape[0]))
     return float(jnp.sum(elem * valid[..., None]))

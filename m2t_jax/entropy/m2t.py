@@ -153,10 +153,6 @@ class M2T(base.MaskedTransformerModel):
     inverse = jnp.asarray(np.argsort(self._maps()[0].order))
     return jax.tree.map(lambda t: jnp.take(t, inverse, axis=1), mixture)
 
-  def exact_steps(self) -> bool:
-    """Whether decode steps run at their exact group sizes (``step_widths``)."""
-    return self.resolved_step_widths() == "exact"
-
   def resolved_step_widths(self) -> str:
     """'exact' or 'shared': ``step_widths``, with 'auto' resolved for this
     process's backend."""
@@ -177,7 +173,7 @@ class M2T(base.MaskedTransformerModel):
     shared ones ceil(g_max / 2) for the groups that fit it and g_max for the
     rest, so decoding compiles two executables per batch size instead of S."""
     sizes = self.schedule.sizes
-    if self.exact_steps():
+    if self.resolved_step_widths() == "exact":
       return int(sizes[step])
     g_max = int(sizes.max())
     half = -(-g_max // 2)
@@ -249,7 +245,7 @@ class M2T(base.MaskedTransformerModel):
   def step_shape(self, step: int) -> tuple[int, int | None]:
     """(width, the step itself for an exact step, else None): exact steps compile
     one each, shared ones one per width."""
-    return self.step_width(step), (step if self.exact_steps() else None)
+    return self.step_width(step), (step if self.resolved_step_widths() == "exact" else None)
 
   def init_decode_state(self, valid, rate_level=None) -> base.CacheState:
     """An empty k/v cache and zero values: nothing decoded."""

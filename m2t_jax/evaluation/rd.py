@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import tqdm
 
+from m2t_jax.coding import rate_code
 from m2t_jax.evaluation import metrics, splits
 
 RESULT_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
@@ -348,7 +349,7 @@ def run(codecs: Sequence[tuple[str, Callable]], items: Sequence[ImageItem], outp
                   "alpha": float(s.alpha),
                   "lmbda": codec.lmbda,
                   # A variable-rate model's quality (0..100), else None.
-                  "quality": codec.quality_of_code(codec.rate_code()),
+                  "quality": rate_code.quality_of_code(codec.rate_code()),
                   # The encoder's latent refinement (0 steps: E's latent as is).
                   "refine_steps": codec.refine.steps,
                   "refine_learning_rate": codec.refine.learning_rate,

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from m2t_jax import model as model_lib
-from m2t_jax.coding import bitstream
+from m2t_jax.coding import rate_code
 from m2t_jax.coding.entropy_coder import EntropyCoder
 from m2t_jax.entropy import registry
 from m2t_jax.nn import precision
@@ -170,8 +170,8 @@ def schedule_bits(config, entropy_params, y_hat: np.ndarray, chunk: int) -> floa
   y_hat = np.rint(y_hat).astype(np.int64)
   # A variable-rate model is evaluated at the default quality (the model's
   # forward pass without a rate level): the same level here.
-  rate_code = (round(model_lib.DEFAULT_QUALITY / 100 * bitstream.RATE_CODE_MAX)
-               if coder.variable_rate else None)
+  code = (rate_code.code_of_quality(rate_code.DEFAULT_QUALITY)
+          if coder.variable_rate else None)
   return sum(coder.estimate_bits(np.concatenate(list(y_hat[i:i + chunk]), axis=1)[None],
-                                 rate_code=rate_code)
+                                 rate_code=code)
              for i in range(0, n, chunk))
