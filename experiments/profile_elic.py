@@ -63,6 +63,8 @@ def roofline(repeats: int) -> float:
 def conv_kind(module) -> str | None:
   if isinstance(module, elic.UpConv5x5):
     return "upconv5x5"
+  if isinstance(module, elic.Conv1x1):
+    return "conv1x1"
   if isinstance(module, nn.Conv):
     size = tuple(module.kernel_size)
     if size == (5, 5) and tuple(module.strides or (1, 1)) == (2, 2):
@@ -84,9 +86,9 @@ def conv_calls(module, params, x) -> list[tuple[str, object, tuple, dict]]:
                     m.variables["params"]))
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda p, x: module.apply({"params": p}, x), params, x)
-  return calls
+  with nn.intercept_methods(interceptor):  # eagerly: the parameters come out concrete
+    module.apply({"params": params}, x[:1])
+  return [(kind, conv, (x.shape[0], *shape[1:]), p) for kind, conv, shape, p in calls]
 
 
 def _forward(module):

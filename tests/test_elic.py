@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from m2t_jax.model import pad_to_multiple
-from m2t_jax.nn.elic import ElicAnalysis, ElicSynthesis, UpConv5x5
+from m2t_jax.nn.elic import Conv1x1, ElicAnalysis, ElicSynthesis, UpConv5x5
 
 
 @pytest.mark.parametrize("h,w", [(16, 16), (48, 80), (16, 112)])
@@ -43,6 +43,35 @@ def test_upconv_equals_flax_conv_transpose(h, w, cin, cout):
   got = ours.apply(p, x)
   assert got.shape == (2, 2 * h, 2 * w, cout)
   assert jnp.allclose(got, expected, atol=1e-4 * float(jnp.abs(expected).max()))
+
+
+@pytest.mark.parametrize("shape,cout", [((2, 5, 7, 6), 3), ((1, 1, 1, 4), 8)])
+def test_conv1x1_equals_flax_conv(shape, cout):
+  # Same parameters, initial values and function (values and gradients) as the
+  # flax layer it replaces: shipped weights were trained with flax's.
+  x = jax.random.normal(jax.random.key(1), shape)
+  ref, ours = nn.Conv(cout, (1, 1)), Conv1x1(cout)
+  p_ref, p_ours = ref.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, p_ref) == jax.tree.map(jnp.shape, p_ours)
+  assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, p_ref, p_ours)))
+  p = jax.tree.map(lambda v: v + 0.5, p_ref)  # a nonzero bias too
+  assert jnp.allclose(ours.apply(p, x), ref.apply(p, x), rtol=1e-6, atol=1e-6)
+  loss = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))
+  for a, b in zip(jax.tree.leaves(loss(ours)(p, x)), jax.tree.leaves(loss(ref)(p, x)),
+                  strict=True):
+    assert jnp.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_elic_keeps_flax_parameter_names():
+  # Shipped params.npz files name the 1x1 layers as flax's auto-named Conv_i.
+  x = jnp.zeros((1, 16, 16, 3))
+  params = ElicAnalysis(num_filters=8, latent_channels=4, num_res_blocks=1).init(
+      jax.random.key(0), x)["params"]
+  block = params["ResidualBottleneck_0"]
+  assert sorted(block) == ["Conv_0", "Conv_1", "Conv_2"]
+  assert block["Conv_0"]["kernel"].shape == (1, 1, 8, 4)
+  assert block["Conv_1"]["kernel"].shape == (3, 3, 4, 4)
+  assert params["SimplifiedAttention_0"]["Conv_0"]["kernel"].shape == (1, 1, 8, 8)
 
 
 def test_synthesis_keeps_flax_parameter_names():
