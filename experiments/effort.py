@@ -35,6 +35,7 @@ import numpy as np
 from experiments import common
 from m2t_jax import images, refine
 from m2t_jax import model as model_lib
+from m2t_jax.coding import rate_code
 from m2t_jax.evaluation import bdrate, metrics, splits
 
 
@@ -64,14 +65,18 @@ def photo_paths(args) -> list[str]:
 def measure(codec, image, settings) -> dict:
   """One coding of ``image`` with ``settings``: timings, bytes, quality, losses."""
   h, w = image.shape[:2]
-  lmbda = float(codec.config.lmbda)
+  # The trade-off the model codes at: its training lambda, or a variable-rate
+  # model's at codec.quality (its level conditions the loss too).
+  lmbda = codec.lmbda
+  level = rate_code.level_of_code(codec.rate_code())
   t0 = time.perf_counter()
   y_hat = codec.analyze(image, refine=settings)
   data = codec.compress_latent(y_hat, h, w)
   seconds = time.perf_counter() - t0
   decoded = codec.decompress(data)
   x = model_lib.pad_to_multiple(jnp.asarray(image, jnp.float32)[None])
-  loss = refine.loss_fn(codec.model, codec.params, x, h, w, lmbda)
+  loss = refine.loss_fn(codec.model, codec.params, x, h, w, lmbda,
+                        None if level is None else float(level))
   mse = float(np.mean(np.square(decoded.astype(np.float64) - image)))
   bpp = 8 * len(data) / (h * w)
   return {"encode_s": seconds, "encode_s_per_mp": seconds / (h * w / 1e6), "bpp": bpp,
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
                              "width": image.shape[1], "compile_s": time.perf_counter() - t0})
         warmed.add(image.shape[:2])
       for label, settings in levels:
-        row = {"image": name, "model": codec.name, "lmbda": float(codec.config.lmbda),
+        row = {"image": name, "model": codec.name, "lmbda": codec.lmbda,
                "level": label, "settings": f"{settings.steps}:{settings.learning_rate}:"
                                            f"{settings.rate_target}",
                **measure(codec, image, settings)}

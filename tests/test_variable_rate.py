@@ -279,3 +279,24 @@ def test_a_latent_coder_of_a_variable_rate_model_needs_a_rate_code():
   np.testing.assert_array_equal(coder.decompress(data), y)
   with pytest.raises(ValueError, match="rate code"):
     coder.compress(y)
+
+
+def test_the_effort_study_measures_a_variable_rate_model_at_its_quality(trained):
+  # experiments/effort.py weighs distortion with the lambda of codec.quality and
+  # conditions the model on its level: its RD loss of E's latent is the
+  # estimate's bpp + lambda * MSE at that quality, and moves with the quality.
+  from experiments import effort  # noqa: PLC0415
+  from m2t_jax import refine  # noqa: PLC0415
+  image = _crop(skdata.coffee(), 64, 96)
+  losses = {}
+  for quality in (20, 80):
+    codec = Codec(trained.config, trained.params)
+    codec.quality = quality
+    row = effort.measure(codec, image, refine.RefineSettings(steps=0))
+    estimate = codec.estimate(image)
+    mse = float(np.mean(np.square(estimate["reconstruction"].astype(np.float64) - image)))
+    expected = estimate["bpp"] + codec.lmbda * mse
+    assert row["loss"] == pytest.approx(expected, rel=0.02), (quality, row, expected)
+    assert row["decoded_equals_estimate"]
+    losses[quality] = row["loss"]
+  assert losses[20] != pytest.approx(losses[80], rel=0.05)
