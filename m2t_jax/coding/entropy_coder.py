@@ -48,7 +48,7 @@ from m2t_jax.coding.bitstream import BitstreamError, DecodeMismatchError, check_
 from m2t_jax.coding.fingerprint import fingerprint, shared_decoding_config
 from m2t_jax.coding.rate_code import level_of_code
 from m2t_jax.coding.steps import CodingLoop, element_bits
-from m2t_jax.input_checks import LatentError, check_latent  # noqa: F401 (re-exported)
+from m2t_jax.input_checks import check_latent
 from m2t_jax.nn import precision
 from m2t_jax.entropy import gmm, patches, registry
 
